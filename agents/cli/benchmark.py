@@ -1,0 +1,91 @@
+"""``svl-drl benchmark``: every policy on the same seeded episodes -> leaderboard, plots, overlays.
+
+    svl-drl benchmark --quick --out runs/bench
+    svl-drl benchmark --agents identity,intensity,oracle,ppo --train-minutes 5 --episodes 64 --out runs/b
+    svl-drl benchmark --agents identity,ppo --checkpoint ppo=runs/ppo/model.zip --out runs/b
+    svl-drl benchmark --agents identity,oracle --custom examples/custom_agent.py:ThresholdPolicy --out runs/b
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..envargs import add_env_arguments
+
+
+def _minutes(text: str):
+    """'4' -> 4.0 (every learned agent) or 'va3c=6,ppo=2.5' -> {name: minutes}."""
+    from ..benchmark import parse_name_values
+
+    if "=" in text:
+        return parse_name_values([text], "--train-minutes", float)
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes or NAME=M,..., got {text!r}") from None
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"minutes must be a positive number, got {text!r}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..benchmark import BUILTIN, DEFAULT_AGENTS, QUICK
+
+    p.add_argument("--agents", default=None,
+                   help=f"comma-separated policies among {', '.join(BUILTIN)} "
+                        f"(default: {','.join(DEFAULT_AGENTS)})")
+    p.add_argument("--custom", action="append", default=[], metavar="MODULE:CLASS",
+                   help="your own policy: an importable module or a .py file and a class (or factory) in it; "
+                        "repeatable. See examples/custom_agent.py")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="use a trained va3c/ppo/a2c instead of training it (repeatable). "
+                        "SB3 (ppo/a2c) zips contain pickles: load only files from a trusted source")
+    p.add_argument("--train-minutes", type=_minutes, default=None, metavar="M | NAME=M,...",
+                   help="wall-clock training budget of each learned agent listed without --checkpoint "
+                        "(one number for all, or per agent: va3c=6,ppo=2.5,a2c=2.5)")
+    p.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
+    p.add_argument("--out", default="runs/benchmark", help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help=f"preset that finishes in ~15 min on 2 CPU cores, training included: all built-in agents, "
+                        f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
+                        f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} min; "
+                        f"explicit options override it")
+    p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
+    p.add_argument("--overlays", type=int, default=None, help="number of cases drawn as slice overlays (default 3)")
+    p.add_argument("--workers", type=int, default=0, help="vA3C asynchronous workers while training (0 = synchronous)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_env_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import benchmark as B
+    from ..envargs import env_kwargs
+
+    agents = args.agents
+    episodes, overlays, minutes = args.episodes, args.overlays, args.train_minutes
+    if args.quick:
+        agents = agents if agents is not None else ",".join(B.DEFAULT_AGENTS)
+        episodes = episodes if episodes is not None else B.QUICK["episodes"]
+        overlays = overlays if overlays is not None else B.QUICK["overlays"]
+        minutes = minutes if minutes is not None else dict(B.QUICK["train_minutes"])
+    if agents is None:
+        agents = ",".join(B.DEFAULT_AGENTS) if not args.custom else ""
+    episodes = 32 if episodes is None else episodes
+    overlays = 3 if overlays is None else overlays
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    kw = env_kwargs(args)
+    checkpoints = B.parse_name_values(args.checkpoint, "--checkpoint")
+    custom = [B.load_custom(spec) for spec in args.custom]
+    result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
+                   train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
+                   progress=not args.no_progress, workers=args.workers)
+    print(result["leaderboard_md"].read_text())
+    print(f"benchmark written to {result['out']}")
+    return 0

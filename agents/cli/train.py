@@ -1,0 +1,42 @@
+"""``svl-drl train``: one set of options for every agent; each agent's trainer does the rest.
+
+A trainer is ``train_from_args(args) -> Path`` (the run folder). It writes into ``--out``:
+checkpoints, ``metrics.csv``, TensorBoard event files; ``--resume RUN`` continues a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from ..envargs import add_env_arguments
+
+# agent name -> "module:function"
+TRAINERS = {
+    "va3c": "agents.va3c_train:train_from_args",
+    "ppo": "agents.sb3:train_from_args",
+    "a2c": "agents.sb3:train_from_args",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--agent", choices=sorted(TRAINERS), default="va3c", help="which agent to train")
+    p.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics.csv, TensorBoard)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    budget = p.add_argument_group("budget")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
+    budget.add_argument("--updates", type=int, default=None, help="number of updates (default 200 if no --minutes)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="vA3C: asynchronous worker processes (0 = synchronous batched mode)")
+    p.add_argument("--num-envs", type=int, default=8, help="environments per worker / rollout batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything (data, noise, network init)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="updates between periodic checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_env_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    mod, fn = TRAINERS[args.agent].split(":")
+    run_dir = getattr(importlib.import_module(mod), fn)(args)
+    print(f"run written to {run_dir}")
+    return 0

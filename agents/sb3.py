@@ -1,0 +1,378 @@
+"""PPO and A2C from stable-baselines3 on SVLDRL-v0, with a fully-convolutional voxel policy.
+
+    from agents.sb3 import train_sb3, load_sb3
+    policy = train_sb3("ppo", {"patch_size": 32, "noise": "mt"}, minutes=2.5, out="runs/ppo")
+    actions = policy.act(obs)                     # (B, D, H, W) int64, the Policy protocol
+    policy = load_sb3("runs/ppo/model.zip")       # PPO or A2C, detected from the file
+
+Pieces: ``agents.sb3_adapter.SB3VecEnv`` (native vector env -> SB3 ``VecEnv``, flat int8
+``MultiDiscrete`` actions), ``agents.sb3_policy.VoxelActorCriticPolicy`` (shared 3D backbone,
+per-voxel logits, pooled value, batched per-voxel categorical). See those modules for the
+design choices (per-voxel mean log-prob and entropy, "keep"-biased initial policy).
+
+Run folder (``out``), the same layout as ``svl-drl train --agent va3c``::
+
+    config.json        algo, env_kwargs, hyper-parameters, seed
+    model.zip          the final model (SB3's own zip format)
+    checkpoints/       periodic model zips (ppo_<timesteps>.zip)
+    metrics.csv        one row per update: SB3's train/* and rollout/* plus episode Dice
+    tb/                TensorBoard event files
+
+SECURITY: SB3 zips contain pickled Python objects (cloudpickle); loading one can run
+arbitrary code. Load only zips from a trusted source (your own runs). The project's own
+checkpoints (``agents.checkpoint``) are tensor-only for that reason; SB3 offers no such format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
+from tqdm.auto import tqdm
+
+from .base import Policy, as_tensor
+from .checkpoint import atomic_write
+from .sb3_adapter import SB3VecEnv
+from .sb3_policy import VoxelActorCriticPolicy
+
+ALGOS = {"ppo": PPO, "a2c": A2C}
+POLICY_KEYS = ("backbone", "width", "depth", "keep_bias", "reduction")
+#: Defaults tuned for 5-step episodes of 32^3 patches on a CPU: short rollouts (one or two
+#: episodes per env), small minibatches (a 3D U-Net's activations at 32^3 cost ~100 MB per
+#: sample in backward), PixelRL's gamma = 0.95 and per-voxel entropy beta = 0.01.
+DEFAULTS = {
+    "ppo": dict(learning_rate=3e-4, n_steps=10, batch_size=16, n_epochs=3, gamma=0.95, gae_lambda=0.95,
+                ent_coef=0.01, vf_coef=0.5, clip_range=0.2, max_grad_norm=0.5),
+    "a2c": dict(learning_rate=7e-4, n_steps=5, gamma=0.95, gae_lambda=1.0, ent_coef=0.01, vf_coef=0.5,
+                max_grad_norm=0.5),
+}
+POLICY_DEFAULTS = dict(backbone="unet", width=16, depth=2, keep_bias=4.0, reduction="mean")
+DEFAULT_UPDATES = 200
+TRUST_NOTE = "SB3 zips contain pickles: load only files from a trusted source"
+
+
+# --------------------------------------------------------------------------- policy
+class SB3Policy(Policy):
+    """A trained SB3 PPO/A2C model under the project's ``Policy`` protocol.
+
+    ``act(obs (B, C, D, H, W), info, deterministic)`` -> (B, D, H, W) int64. Works on any
+    patch size (the network is fully convolutional). ``save(path)`` writes SB3's zip.
+    """
+
+    def __init__(self, model, name: str | None = None):
+        self.model = model
+        self.algo = type(model).__name__.lower()
+        self.name = name or self.algo
+
+    def act(self, obs, info: dict | None = None, deterministic: bool = True) -> np.ndarray:
+        x = as_tensor(obs, self.model.policy.device)
+        return self.model.policy.voxel_actions(x, deterministic=deterministic).cpu().numpy()
+
+    def save(self, path) -> Path:
+        return save_model(self.model, path)
+
+    @classmethod
+    def load(cls, path, device="cpu", name: str | None = None) -> "SB3Policy":
+        """Load a PPO/A2C zip. SB3 zips contain pickles: load only files from a trusted source."""
+        return load_sb3(path, device=device, name=name)
+
+
+def save_model(model, path) -> Path:
+    """SB3 ``model.save`` to ``path`` (``.zip`` added if missing), atomically."""
+    path = Path(path)
+    if path.suffix != ".zip":
+        path = path.with_suffix(".zip")
+
+    def write(tmp: Path) -> None:
+        # SB3 appends ".zip" to names without it, so let it write tmp.zip, then move that onto tmp.
+        model.save(str(tmp) + ".zip")
+        os.replace(str(tmp) + ".zip", tmp)
+
+    return atomic_write(path, write)
+
+
+def detect_algo(path) -> str:
+    """"ppo" or "a2c" from an SB3 zip's JSON ``data`` entry (PPO stores clip_range / n_epochs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SB3 model not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read("data"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a stable-baselines3 model zip ({exc})") from None
+    return "ppo" if "clip_range" in data or "n_epochs" in data else "a2c"
+
+
+def load_sb3(path, device="cpu", algo: str | None = None, name: str | None = None) -> SB3Policy:
+    """Load a PPO/A2C zip written by ``train_sb3`` as an ``SB3Policy``.
+
+    SECURITY: SB3 zips contain pickles (cloudpickle) -- loading runs code from the file.
+    Load only zips from a trusted source.
+    """
+    algo = algo or detect_algo(path)
+    if algo not in ALGOS:
+        raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {sorted(ALGOS)}")
+    model = ALGOS[algo].load(str(path), device=device,
+                             custom_objects={"policy_class": VoxelActorCriticPolicy})
+    return SB3Policy(model, name=name)
+
+
+# ------------------------------------------------------------------------ logging
+class MetricsCSV(KVWriter):
+    """SB3 logger output: ``metrics.csv``, one row per dump, columns grow as keys appear.
+
+    Unlike SB3's CSVOutputFormat it keeps the rows of a resumed run (appends) and writes the
+    file atomically (a crash never leaves half a row).
+    """
+
+    def __init__(self, path: Path, append: bool = False):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if append and self.path.is_file():
+            with open(self.path, newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
+        self.fields: list[str] = list(self.rows[0].keys()) if self.rows else []
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+        row = {}
+        for k, v in key_values.items():
+            if "csv" in (key_excluded.get(k) or ()) or not isinstance(v, (int, float, np.integer, np.floating, str)):
+                continue
+            row[k] = v
+        for k in row:
+            if k not in self.fields:
+                self.fields.append(k)
+        self.rows.append(row)
+
+        def dump(tmp):
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=self.fields, restval="")
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(self.path, dump)
+
+    def close(self) -> None:
+        pass
+
+
+class TrainingCallback(BaseCallback):
+    """Wall-clock budget, progress bar, episode metrics and periodic checkpoints.
+
+    - ``minutes``: stop when the next update would overrun the budget (estimated from the last
+      update's duration), or at the latest when the budget is spent.
+    - logs the finished episodes' final Dice vs truth (``rollout/dice_clean``), gain over the
+      annotation (``rollout/dice_gain``) and Dice vs the reward target (``rollout/dice``).
+    - every ``checkpoint_every`` updates: ``checkpoints/<algo>_<timesteps>.zip``.
+    """
+
+    def __init__(self, *, minutes: float | None, total_timesteps: int | None, progress: bool,
+                 run_dir: Path | None, checkpoint_every: int | None, algo: str):
+        super().__init__()
+        self.budget = None if minutes is None else 60.0 * float(minutes)
+        self.total = total_timesteps
+        self.progress = progress
+        self.run_dir = run_dir
+        self.every = checkpoint_every
+        self.algo = algo
+        self.updates = 0
+        self._t0 = self._t_iter = 0.0
+        self._last_iter = 0.0
+        self._stop = False
+        self.bar = None
+
+    def _on_training_start(self) -> None:
+        self._t0 = self._t_iter = time.perf_counter()
+        if self.budget is not None:
+            self.bar = tqdm(total=round(self.budget), unit="s", desc=f"train {self.algo}", disable=not self.progress)
+        else:
+            self.bar = tqdm(total=self.total, unit="step", desc=f"train {self.algo}", disable=not self.progress)
+
+    def _on_rollout_start(self) -> None:
+        now = time.perf_counter()
+        if self.updates or self.num_timesteps:
+            self._last_iter = now - self._t_iter
+        self._t_iter = now
+        if self.updates and self.every and self.run_dir is not None and self.updates % self.every == 0:
+            save_model(self.model, self.run_dir / "checkpoints" / f"{self.algo}_{self.num_timesteps}.zip")
+        if self.budget is not None and (now - self._t0) + self._last_iter > self.budget and self.updates:
+            self._stop = True  # the next update would overrun the budget: stop before spending it
+
+    def _on_rollout_end(self) -> None:
+        self.updates += 1
+        self.logger.record("time/minutes", (time.perf_counter() - self._t0) / 60.0)
+
+    def _on_step(self) -> bool:
+        dones, infos = self.locals.get("dones"), self.locals.get("infos")
+        if dones is not None and np.any(dones):
+            for i in np.flatnonzero(dones):
+                inf = infos[i]
+                for key in ("dice", "dice_clean", "continuity"):
+                    if key in inf:
+                        self.logger.record_mean(f"rollout/{key}", float(inf[key]))
+                if "dice_clean" in inf and "dice_annotation_clean" in inf:
+                    self.logger.record_mean("rollout/dice_gain", float(inf["dice_clean"] - inf["dice_annotation_clean"]))
+        elapsed = time.perf_counter() - self._t0
+        if self.bar is not None:
+            if self.budget is not None:
+                self.bar.n = min(round(elapsed), self.bar.total)
+                self.bar.refresh()
+            else:
+                self.bar.update(self.training_env.num_envs)
+        if self._stop or (self.budget is not None and elapsed >= self.budget):
+            return False
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------ training
+def split_config(algo: str, config: dict) -> tuple[dict, dict]:
+    """(algorithm kwargs, policy kwargs) from one flat config with the defaults filled in."""
+    if algo not in ALGOS:
+        raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {sorted(ALGOS)}")
+    algo_kw, pol_kw = dict(DEFAULTS[algo]), dict(POLICY_DEFAULTS)
+    valid = set(inspect.signature(ALGOS[algo].__init__).parameters) - {"self", "policy", "env", "policy_kwargs",
+                                                                         "_init_setup_model"}
+    for k, v in config.items():
+        if k in POLICY_KEYS:
+            pol_kw[k] = v
+        elif k in valid:
+            algo_kw[k] = v
+        else:
+            raise ValueError(f"unknown {algo} option {k!r}; valid: {sorted(set(POLICY_KEYS) | valid)}")
+    return algo_kw, pol_kw
+
+
+def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, timesteps: int | None = None,
+              seed: int = 0, out=None, progress: bool = True, num_envs: int = 8, resume=None,
+              checkpoint_every: int | None = 50, obs_dtype=np.float32, **config) -> SB3Policy:
+    """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
+
+    Args:
+        algo: "ppo" or "a2c".
+        env_kwargs: ``SVLDRLVectorEnv`` keyword arguments (data, patch_size, noise, ...).
+        minutes / timesteps: budget (wall clock, env steps = n_envs x steps); both None ->
+            ``DEFAULT_UPDATES`` updates. With both, whichever ends first.
+        seed: seeds the network, SB3's sampling and the environments (env i: seed + i).
+        out: run folder (config.json, model.zip, checkpoints/, metrics.csv, tb/) or None.
+        num_envs: environments stepped together.
+        resume: a run folder or model zip to continue (``out`` defaults to its folder).
+        checkpoint_every: updates between checkpoints in ``out/checkpoints``.
+        obs_dtype: float32 or float16 observations in the rollout buffer.
+        **config: SB3 hyper-parameters (learning_rate, n_steps, batch_size, n_epochs, gamma,
+            gae_lambda, ent_coef, vf_coef, clip_range, max_grad_norm, ...) and policy options
+            (backbone, width, depth, keep_bias, reduction); defaults in ``DEFAULTS``.
+    """
+    algo = algo.lower()
+    algo_kw, pol_kw = split_config(algo, config)
+    if minutes is not None and not minutes > 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if timesteps is not None and int(timesteps) < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    env_kwargs = dict(env_kwargs)
+    device = str(env_kwargs.get("device", "cpu"))
+    resume_zip = _resume_zip(resume) if resume is not None else None
+    if out is None and resume_zip is not None:
+        out = resume_zip.parent.parent if resume_zip.parent.name == "checkpoints" else resume_zip.parent
+    run_dir = Path(out) if out is not None else None
+
+    venv = SB3VecEnv(env_kwargs, num_envs, obs_dtype=obs_dtype)
+    n_steps = int(algo_kw["n_steps"])
+    if timesteps is None and minutes is None:
+        timesteps = DEFAULT_UPDATES * n_steps * venv.num_envs
+    total = int(timesteps) if timesteps is not None else 10 ** 12  # wall-clock budget decides
+    if algo == "ppo" and algo_kw.get("batch_size", 64) > n_steps * venv.num_envs:
+        algo_kw["batch_size"] = n_steps * venv.num_envs  # SB3 warns and truncates otherwise
+
+    if resume_zip is not None:
+        model = ALGOS[algo].load(str(resume_zip), env=venv, device=device,
+                                 custom_objects={"policy_class": VoxelActorCriticPolicy})
+    else:
+        model = ALGOS[algo](VoxelActorCriticPolicy, venv, policy_kwargs=pol_kw, seed=seed, device=device,
+                            verbose=0, **algo_kw)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = {"agent": algo, "env_kwargs": _jsonable(env_kwargs), "seed": seed, "num_envs": venv.num_envs,
+               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": pol_kw, "minutes": minutes, "timesteps": timesteps,
+               "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
+               "note": TRUST_NOTE}
+        atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        model.set_logger(Logger(str(run_dir), [MetricsCSV(run_dir / "metrics.csv", append=resume_zip is not None),
+                                               TensorBoardOutputFormat(str(run_dir / "tb"))]))
+    else:
+        model.set_logger(Logger(None, []))
+
+    cb = TrainingCallback(minutes=minutes, total_timesteps=None if timesteps is None else total, progress=progress,
+                          run_dir=run_dir, checkpoint_every=checkpoint_every, algo=algo)
+    try:
+        model.learn(total_timesteps=total, callback=CallbackList([cb]), log_interval=1,
+                    reset_num_timesteps=resume_zip is None)
+    finally:
+        model.logger.close()
+        venv.close()
+    if run_dir is not None:
+        save_model(model, run_dir / "model.zip")
+    return SB3Policy(model)
+
+
+def _resume_zip(resume) -> Path:
+    p = Path(resume)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"run to resume not found: {p}")
+    if (p / "model.zip").is_file():
+        return p / "model.zip"
+    ckpts = sorted((p / "checkpoints").glob("*.zip"), key=lambda q: int(q.stem.rsplit("_", 1)[-1])
+                   if q.stem.rsplit("_", 1)[-1].isdigit() else -1)
+    if not ckpts:
+        raise FileNotFoundError(f"no model.zip or checkpoints/*.zip in {p}")
+    return ckpts[-1]
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None), list, tuple)) else str(v)) for k, v in d.items()}
+
+
+def train_from_args(args: argparse.Namespace) -> Path:
+    """``svl-drl train --agent ppo|a2c``: train and return the run folder.
+
+    ``--updates`` counts PPO/A2C updates (one rollout of n_steps x num_envs env steps each).
+    ``--resume RUN`` continues RUN (its model.zip or latest checkpoint) into the same folder.
+    SB3 zips contain pickles: resume only runs from a trusted source.
+    """
+    from .envargs import env_kwargs as make_env_kwargs
+
+    algo = args.agent
+    if getattr(args, "workers", 0):
+        raise ValueError("--workers applies to vA3C only (PPO/A2C step one batched environment)")
+    if args.minutes is not None and args.minutes <= 0:
+        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+    if args.updates is not None and args.updates < 1:
+        raise ValueError(f"--updates must be >= 1, got {args.updates}")
+    if args.num_envs < 1:
+        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    kw = make_env_kwargs(args)
+    n_steps = DEFAULTS[algo]["n_steps"]
+    timesteps = None if args.updates is None else args.updates * n_steps * args.num_envs
+    out = Path(args.resume) if args.resume else Path(args.out)
+    train_sb3(algo, kw, minutes=args.minutes, timesteps=timesteps, seed=args.seed, out=out,
+              progress=not args.no_progress, num_envs=args.num_envs, resume=args.resume,
+              checkpoint_every=args.checkpoint_every)
+    return out

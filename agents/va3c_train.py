@@ -1,0 +1,154 @@
+"""``svl-drl train --agent va3c``: a vA3C run folder with checkpoints, metrics and TensorBoard.
+
+Run folder (``--out``)::
+
+    checkpoint.pt   model + Adam state + reward conv + update counter (periodic and final;
+                    agents.checkpoint format, kind "va3c", loads with weights_only)
+    config.json     the network / training / env config and seed (what rebuilds the run)
+    metrics.csv     one row per update (stage, losses, Dice of the rollouts, throughput)
+    events.out.tfevents.*   TensorBoard scalars (``tensorboard --logdir RUN``)
+
+``--resume RUN`` continues a run from its checkpoint (model, optimiser, reward conv, update
+counter; the env seeds and action sampling of update u are functions of (seed, u), so nothing
+else must be restored). In the synchronous mode a resumed run reproduces the uninterrupted
+run of the same seed exactly (CPU, same thread count); a minutes budget is wall-clock and
+therefore not reproducible -- use ``--updates`` for that.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write
+from .va3c import Budget, VA3CPolicy, VA3CRun
+
+METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "loss", "sup_dice", "sup_ce", "sup",
+                 "value_loss", "policy_loss", "mac", "entropy", "adv_abs", "value", "grad_norm", "episode_reward",
+                 "dice_clean", "dice_annotation_clean", "dice", "voxel_updates_per_s", "worker")
+
+
+class MetricsCSV:
+    """Appends one row per update; on resume keeps only the rows before the resumed step."""
+
+    def __init__(self, path: Path, keep_below: int | None = None):
+        self.path = Path(path)
+        rows = []
+        if keep_below is not None and self.path.is_file():
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("update", "").isdigit()
+                        and int(r["update"]) < keep_below]
+        self.fh = open(self.path, "w", newline="")
+        self.w = csv.DictWriter(self.fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        self.w.writeheader()
+        self.w.writerows(rows)
+        self.fh.flush()
+
+    def __call__(self, m: dict) -> None:
+        self.w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in m.items()})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _TensorBoard:
+    def __init__(self, log_dir: Path, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def __call__(self, m: dict) -> None:
+        step = int(m["update"])
+        for k, v in m.items():
+            if k not in ("update", "stage", "worker") and isinstance(v, (int, float)) and math.isfinite(v):
+                self.w.add_scalar(f"train/{k}", v, step)
+
+    def close(self) -> None:
+        self.w.close()
+
+
+class _Bar:
+    def __init__(self, run: VA3CRun, enabled: bool):
+        b = run.budget
+        self.by_updates = b.updates is not None and b.minutes is None
+        total = b.updates if self.by_updates else int(round(60 * b.minutes))
+        initial = run.update if self.by_updates else min(int(run.elapsed), total)
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc="vA3C",
+                        unit="upd" if self.by_updates else "s", dynamic_ncols=True)
+        self.pos = initial
+
+    def __call__(self, m: dict) -> None:
+        new = int(m["update"]) + 1 if self.by_updates else min(int(m["elapsed"]), self.bar.total)
+        if new > self.pos:
+            self.bar.update(new - self.pos)
+            self.pos = new
+        post = {"stage": m["stage"]}
+        if "dice_clean" in m:
+            post["dice"] = f"{m['dice_clean']:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int | None = None, seed: int = 0,
+                 workers: int = 0, out=None, progress: bool = True, resume=None, checkpoint_every: int = 50,
+                 tensorboard: bool = True, **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
+    """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object)."""
+    if resume is not None:
+        run = VA3CRun.resume(resume, updates=updates, minutes=minutes, workers=workers if workers else None)
+        if out is None:
+            from .va3c import resolve_checkpoint
+
+            out = resolve_checkpoint(resume).parent
+    else:
+        run = VA3CRun(env_kwargs, budget=Budget(updates, minutes), seed=seed, workers=workers, config=config)
+    out_dir = Path(out) if out is not None else None
+    hooks, closers = [], []
+    bar = _Bar(run, progress)
+    hooks.append(bar)
+    closers.append(bar)
+    ckpt = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = out_dir / "checkpoint.pt"
+        cfg = {**run.checkpoint_config(), "agent": "va3c"}
+        atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        mcsv = MetricsCSV(out_dir / "metrics.csv", keep_below=run.update if resume is not None else None)
+        hooks.append(mcsv)
+        closers.append(mcsv)
+        if tensorboard:
+            tb = _TensorBoard(out_dir, purge_step=run.update if resume is not None else None)
+            hooks.append(tb)
+            closers.append(tb)
+    try:
+        run.run(hooks=hooks, checkpoint_every=int(checkpoint_every or 0), checkpoint_path=ckpt)
+    except KeyboardInterrupt:
+        if ckpt is not None:
+            run.save(ckpt)  # resumable from exactly here
+        raise
+    finally:
+        for c in closers:
+            c.close()
+    if ckpt is not None:
+        run.save(ckpt)
+    return run.policy(), out_dir, run
+
+
+def train_from_args(args) -> Path:
+    """``svl-drl train --agent va3c`` (options: agents/cli/train.py)."""
+    from .envargs import env_kwargs
+
+    out = Path(args.resume) if args.resume else Path(args.out)
+    if args.resume is not None and not Path(args.resume).exists():
+        raise FileNotFoundError(f"run to resume not found: {args.resume}")
+    _, run_dir, run = run_training(
+        env_kwargs(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
+        out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        num_envs=args.num_envs)
+    return run_dir

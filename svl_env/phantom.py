@@ -1,0 +1,522 @@
+"""Procedural organ-like 3D phantoms with exact truth masks, batched over episodes.
+
+``generate_phantoms(keys, shape)`` returns, for every episode key, an image patch that looks
+like a crop of an MR or CT volume, and the exact boolean mask of the structure it shows.
+Spacing is 1 mm isotropic: voxel units are millimetres throughout this module.
+
+Geometry. Each family builds a signed distance-like field ``phi`` (mm, negative inside,
+1-Lipschitz or close) on the voxel centres; the truth is exactly ``phi < 0``. Sizes scale
+with the patch: ``L = (D*H*W)**(1/3)`` sets the structure scale, per-axis extents set where
+things are placed, so non-cubic patches work.
+
+- ``blob``: a lumpy solid organ -- smooth (polynomial smooth-min) union of a main ellipsoid and
+  1-2 lobes, its surface displaced by low-frequency noise; may be cut by the patch border.
+- ``tubular``: 2-3 curved vessels crossing the patch, radius ~1.5-4 mm at 32^3 (scaled with L),
+  varying along the vessel; each centre line is where two noise-bent orthogonal planes meet.
+- ``multi``: 2-4 separate small organs / nodes on a tilted ring; a carved Voronoi gap of 2 mm
+  keeps them from touching even diagonally, so they are always distinct components.
+- ``hollow``: a cyst / hollow organ -- a closed wall of varying thickness around a fluid cavity
+  (the cavity is background), fully inside the patch so the cavity is enclosed.
+
+A per-episode level shift (clamped to a few mm) keeps the foreground fraction in about
+[4 %, 33 %]; the mask is never empty.
+
+Intensities. Tissues get physical-ish values (CT: Hounsfield units; MR: arbitrary units) and are
+mixed with *soft* occupancies -- a linear ramp of ``phi`` 1.0-1.6 voxels wide, i.e. the
+fraction of a voxel's box inside a plane, so boundaries have partial volume. The background is
+not flat: two tissue classes, "distractor" organs (other vessels for ``tubular``) with nearly the
+foreground's intensity, small bright (CT: bone) or dark/bright (MR) clutter, fine texture. Then
+a smooth multiplicative bias field and noise. So intensity alone does not give the answer.
+
+- ``ct``: HU; bias on attenuation (tiny); Gaussian noise 6-20 HU; soft-tissue window
+  (L 40-60, W 350-450 HU) mapped to [0, 1]; bone clutter saturates at 1.
+- ``mr``: a.u.; strong multiplicative bias (+-12-32 %); Rician (magnitude) noise; 1st-99.5th
+  percentile normalisation to [0, 1]; foreground moderately brighter than the main tissue.
+
+Determinism. Row ``b`` depends only on ``keys[b]``, ``shape``, ``families``, ``modalities``,
+bit for bit, whatever the batch: all draws go through ``svl_env.rng`` per row, and every
+full-size operation is a single IEEE-exact op (+, -, *, /, sqrt, min, max, clamp, where, sort).
+Fused or transcendental kernels (exp, sigmoid, addcmul, lerp, interpolate) are avoided on
+purpose: their vectorised and scalar-tail code paths can differ in the last bit, and which
+voxels fall in a tail depends on how the *batch* is split across threads. Per-episode scalars
+(rotations, angles) are computed in float64 so that such differences vanish on rounding.
+Numbers differ between CPU and CUDA but are reproducible on each.
+
+Cost: everything is batched torch on ``keys.device``; fields are drawn on a coarse grid and
+upsampled with a separable linear interpolation, and ellipsoid quadratic forms are assembled
+from three 2D planes, so the full-size work is a few dozen elementwise passes.
+"""
+
+# rng tags of this module (all >= 100, so they never meet other modules' tags):
+#   100 family choice               101 modality choice
+#   110 blob parameters             111 blob surface-displacement field
+#   120 tubular parameters          121 tubular bend (2 per vessel) and radius fields
+#   130 multi parameters            131 multi surface-displacement field
+#   140 hollow parameters           141 hollow displacement and wall-thickness fields
+#   150 intensity parameters        151 background fields (partition, distractor x2, clutter)
+#   152 bias field                  153 fine texture field
+#   154 acquisition noise (CT: 1 channel; MR: 2, real and imaginary)
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import rng
+
+FAMILIES = ("blob", "tubular", "multi", "hollow")
+MODALITIES = ("mr", "ct")
+
+_FRAC_MIN, _FRAC_MAX = 0.04, 0.33  # target foreground fraction band of the level shift
+_SUBSAMPLE = 7  # stride of the voxel subsample used for per-row quantiles
+_BIG = 1.0e6  # squared-distance offset that puts an inactive component "far away"
+_F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------- grid helpers
+def _scale(shape) -> float:
+    """Structure scale L (mm): geometric mean of the patch sizes."""
+    return float(shape[0] * shape[1] * shape[2]) ** (1 / 3)
+
+
+def _axes(shape, device, step: int = 1):
+    """Centred coordinates (mm, float64) of grid nodes ``0, step, 2 step, ...`` per axis.
+
+    With ``step > 1`` these are the nodes of a coarse grid (``ceil(n/step) + 1`` of them, so
+    ``_upsample`` covers the whole axis).
+    """
+    out = []
+    for n in shape:
+        m = n if step == 1 else math.ceil(n / step) + 1
+        out.append(torch.arange(m, device=device, dtype=_F64) * step - (n - 1) / 2)
+    return out
+
+
+def _lin(axes, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``(x - c) . v`` on a grid -> (B, n0, n1, n2) float64; v, c (B, 3). Only used on coarse
+    grids (full-size affine terms are folded into coarse fields before upsampling)."""
+    z, y, x = axes
+    return (((z[None] - c[:, :1]) * v[:, :1])[:, :, None, None]
+            + ((y[None] - c[:, 1:2]) * v[:, 1:2])[:, None, :, None]
+            + ((x[None] - c[:, 2:3]) * v[:, 2:3])[:, None, None, :])
+
+
+def _upsample(x: torch.Tensor, shape, step: int) -> torch.Tensor:
+    """Trilinear interpolation of coarse nodes (B, C, m0, m1, m2) at voxel multiples of ``step``
+    -> (B, C, D, H, W).
+
+    Separable, one axis at a time (innermost first, so only the last pass is full size), each
+    pass ``lo + diff * t`` on a broadcast view: two exact elementwise ops. Reproduces affine
+    functions exactly, which lets callers fold planes and scalings into the coarse field.
+    """
+    if step == 1:
+        return x[..., : shape[0], : shape[1], : shape[2]]
+    t = torch.arange(step, device=x.device, dtype=x.dtype) / step
+    for ax, n in ((4, shape[2]), (3, shape[1]), (2, shape[0])):
+        m = x.shape[ax]
+        lo = x.narrow(ax, 0, m - 1)
+        diff = (x.narrow(ax, 1, m - 1) - lo).unsqueeze(ax + 1)
+        tv = t.view([step if d == ax + 1 else 1 for d in range(x.dim() + 1)])
+        y = diff * tv
+        y += lo.unsqueeze(ax + 1)
+        size = list(x.shape)
+        size[ax] = (m - 1) * step
+        x = y.reshape(size).narrow(ax, 0, n)
+    return x
+
+
+def _gauss_taps(sigma: float) -> list[float]:
+    r = max(1, math.ceil(2.5 * sigma))
+    w = [math.exp(-0.5 * (k / sigma) ** 2) for k in range(-r, r + 1)]
+    s = sum(w)
+    return [x / s for x in w]
+
+
+def _noise(keys: torch.Tensor, tag: int, shape, channels: int, sigma: float):
+    """Coarse nodes of a stationary Gaussian random field, unit variance, Gaussian correlation
+    of width ~``sigma`` mm -> (field (B, C, m0, m1, m2) float64, step).
+
+    White noise on a grid of step ~sigma/1.5, blurred there by a Gaussian of >= 1.5 cells (so
+    the upsampled field is smooth and stationary, without a visible grid), normalised
+    analytically (sum of squared taps). Callers fold scalings / affine terms in, then call
+    ``_upsample(field, shape, step)``.
+    """
+    step = max(1, int(sigma / 1.5))
+    taps = _gauss_taps(sigma / step)
+    r = len(taps) // 2
+    m = [n if step == 1 else math.ceil(n / step) + 1 for n in shape]
+    x = rng.normal(rng.substream(keys, tag), (channels, *(k + 2 * r for k in m))).double()
+    for dim in (2, 3, 4):  # valid separable blur by shifted adds (exact, per voxel)
+        n = x.shape[dim] - 2 * r
+        acc = x.narrow(dim, 0, n) * taps[0]
+        for k in range(1, len(taps)):
+            acc += x.narrow(dim, k, n) * taps[k]
+        x = acc
+    return x * (1.0 / math.sqrt(sum(t * t for t in taps)) ** 3), step
+
+
+def _row_quantiles(x: torch.Tensor, qs) -> torch.Tensor:
+    """Nearest-rank quantiles per row of a strided voxel subsample -> (len(qs), B).
+
+    A sort is exact whatever the batch (unlike float sums); the subsample keeps it cheap.
+    """
+    sub = x.reshape(x.shape[0], -1)[:, ::_SUBSAMPLE]
+    srt = torch.sort(sub, dim=1).values
+    m = srt.shape[1]
+    idx = [min(m - 1, max(0, int(round(q * (m - 1))))) for q in qs]
+    return srt[:, idx].T
+
+
+def _fit_level(phi: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Level shift (B,) mm that brings the fraction of ``phi < level`` into the target band.
+
+    0 when the natural fraction is in band, else the quantile at the band's edge, clamped to
+    [lo, hi] so shapes are never distorted much; never lets the mask be empty.
+    """
+    q = _row_quantiles(phi, (0.0, _FRAC_MIN, _FRAC_MAX))
+    level = torch.minimum(q[1].clamp(min=0.0), q[2]).clamp(lo, hi)
+    return torch.maximum(level, q[0] + 1e-3)
+
+
+def _col(v: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, 1) float32, to broadcast a per-episode scalar over a volume."""
+    return v.float()[:, None, None, None]
+
+
+def _rotation(u: torch.Tensor) -> torch.Tensor:
+    """Uniform random rotations (B, 3, 3) float64 from u (B, 3) in [0, 1) (Shoemake)."""
+    a, b, c = u.unbind(1)
+    s1, s2 = torch.sqrt(1 - a), torch.sqrt(a)
+    qx, qy = s1 * torch.sin(2 * math.pi * b), s1 * torch.cos(2 * math.pi * b)
+    qz, qw = s2 * torch.sin(2 * math.pi * c), s2 * torch.cos(2 * math.pi * c)
+    return torch.stack([
+        torch.stack([1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw)], 1),
+        torch.stack([2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)], 1),
+        torch.stack([2 * (qx * qz - qy * qw), 2 * (qy * qz + qx * qw), 1 - 2 * (qx * qx + qy * qy)], 1),
+    ], 1)
+
+
+def _unit(u: torch.Tensor) -> torch.Tensor:
+    """Uniform unit vectors (B, 3) float64 from u (B, 2) in [0, 1)."""
+    cz = 2 * u[:, 0] - 1
+    sz = torch.sqrt((1 - cz * cz).clamp(min=0))
+    ph = 2 * math.pi * u[:, 1]
+    return torch.stack([cz, sz * torch.cos(ph), sz * torch.sin(ph)], 1)
+
+
+def _ellipsoid(axes, c, rot, radii, inactive=None) -> torch.Tensor:
+    """Distance-like field (mm) of an ellipsoid -> (B, D, H, W) float32.
+
+    c (B, 3) centre mm, rot (B, 3, 3) columns = principal axes, radii (B, 3) semi-axes mm.
+    ``r_min * (rho - 1)`` with rho the ellipsoidal radius: exact on the surface, 1-Lipschitz
+    (never overestimates a distance; underestimates it by <= r_min/r_max along long axes).
+    The quadratic form ``r_min^2 rho^2`` is the sum of three 2D planes (zy, zx, yx) so it costs
+    two full-size adds. ``inactive`` (B,) bool moves the ellipsoid out of reach.
+    """
+    rmin = radii.amin(1)
+    M = rot @ torch.diag_embed((rmin[:, None] / radii) ** 2) @ rot.transpose(1, 2)
+    X = [a[None] - c[:, i: i + 1] for i, a in enumerate(axes)]  # (B, n_i) float64
+    pzy = ((M[:, 0, 0, None] * X[0] * X[0])[:, :, None] + (M[:, 1, 1, None] * X[1] * X[1])[:, None, :]
+           + 2 * M[:, 0, 1, None, None] * X[0][:, :, None] * X[1][:, None, :])
+    pzx = (M[:, 2, 2, None] * X[2] * X[2])[:, None, :] + 2 * M[:, 0, 2, None, None] * X[0][:, :, None] * X[2][:, None, :]
+    pyx = 2 * M[:, 1, 2, None, None] * X[1][:, :, None] * X[2][:, None, :]
+    if inactive is not None:
+        pyx = pyx + (inactive.to(_F64) * _BIG)[:, None, None]
+    q = pzy.float()[:, :, :, None] + pzx.float()[:, :, None, :]
+    q += pyx.float()[:, None]
+    return q.clamp_(min=0).sqrt_().sub_(_col(rmin))
+
+
+def _smin(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
+    """Polynomial smooth minimum (blend width k mm): lobes merge through a rounded neck."""
+    h = (a - b).abs_().neg_().add_(k).clamp_(min=0)
+    return torch.minimum(a, b).sub_(h.mul_(h).mul_(0.25 / k))
+
+
+# ----------------------------------------------------------------------------- families
+def _blob(keys, shape, dev):
+    """Lumpy organ: smooth union of a main ellipsoid and 1-2 lobes, noise-displaced surface."""
+    L = _scale(shape)
+    dims = torch.tensor(shape, dtype=_F64, device=dev)
+    axes = _axes(shape, dev)
+    p = rng.params(keys, 110, 32).double()
+    n_lobes = 1 + (p[:, 0] >= 0.5).long()
+    c0 = (p[:, 1:4] - 0.5) * 0.24 * dims
+    r0 = L * (0.19 + 0.13 * p[:, 4:7])
+    phi = _ellipsoid(axes, c0, _rotation(p[:, 7:10]), r0)
+    r_mean = r0.mean(1, keepdim=True)
+    # a lobe absent in every row of this subset would be a no-op (smin with "far" is exact)
+    for k in range(int(n_lobes.max())):
+        q = p[:, 10 + 9 * k: 19 + 9 * k]
+        ck = c0 + _unit(q[:, 0:2]) * r_mean * (0.5 + 0.4 * q[:, 2:3])
+        rk = r_mean * (0.45 + 0.35 * q[:, 3:6])
+        dk = _ellipsoid(axes, ck, _rotation(q[:, 6:9]), rk, n_lobes <= k)
+        phi = _smin(phi, dk, 0.1 * L)
+    fld, step = _noise(keys, 111, shape, 1, 0.16 * L)
+    amp = L * (0.025 + 0.035 * p[:, 28:29])
+    phi += _upsample((fld * amp[:, :, None, None, None]).float(), shape, step)[:, 0]
+    return phi.sub_(_col(_fit_level(phi, -0.1 * L, 0.1 * L))), None
+
+
+def _tubular(keys, shape, dev):
+    """Curved vessels: each centre line is where two noise-bent orthogonal planes meet."""
+    L = _scale(shape)
+    dims = torch.tensor(shape, dtype=_F64, device=dev)
+    p = rng.params(keys, 120, 32).double()
+    n_tubes = 2 + (p[:, 0] >= 0.5).long()
+    n_max = int(n_tubes.max())
+    fld, step = _noise(keys, 121, shape, 7, 0.22 * L)
+    cax = _axes(shape, dev, step)
+    chans, radii = [], []
+    for k in range(n_max):
+        q = p[:, 1 + 9 * k: 10 + 9 * k]
+        t = _unit(q[:, 0:2])
+        helper = torch.zeros_like(t)
+        helper[:, 0] = (t[:, 0].abs() < 0.9).to(_F64)
+        helper[:, 1] = 1 - helper[:, 0]
+        n1 = torch.linalg.cross(t, helper)
+        n1 = n1 / n1.norm(dim=1, keepdim=True)
+        n2 = torch.linalg.cross(t, n1)
+        c = (q[:, 2:5] - 0.5) * 0.5 * dims
+        a = (L * (0.06 + 0.10 * q[:, 5]))[:, None, None, None]
+        far = (n_tubes <= k).to(_F64)[:, None, None, None] * _BIG
+        # plane offsets + bends, both affine-in-the-field, so they survive upsampling exactly
+        chans.append(_lin(cax, n1, c) + a * fld[:, 2 * k] + far)
+        chans.append(_lin(cax, n2, c) + a * fld[:, 2 * k + 1])
+        radii.append(torch.clamp((1.5 + 2.5 * q[:, 6]) * L / 32, min=1.0))
+    # radius varies along the vessels (shared modulation, per-vessel base radius)
+    chans.append((1 + 0.2 * fld[:, 6]).clamp(min=0.6))
+    g = _upsample(torch.stack(chans, 1).float(), shape, step)
+    phi = None
+    for k in range(n_max):
+        g1, g2 = g[:, 2 * k], g[:, 2 * k + 1]
+        dk = (g1 * g1).add_(g2 * g2).sqrt_().sub_(g[:, -1] * _col(radii[k]))
+        phi = dk if phi is None else torch.minimum(phi, dk, out=phi)
+    return phi.sub_(_col(_fit_level(phi, -0.5, 1.5 * L / 32))), None
+
+
+def _multi(keys, shape, dev):
+    """2-4 separate small organs on a tilted ring around the centre, kept apart by a gap."""
+    L = _scale(shape)
+    dims = torch.tensor(shape, dtype=_F64, device=dev)
+    axes = _axes(shape, dev)
+    p = rng.params(keys, 130, 48).double()
+    n = 2 + (p[:, 0] * 3).floor().clamp(max=2).long()
+    frame = _rotation(p[:, 1:4])
+    e1, e2 = frame[:, :, 0], frame[:, :, 1]
+    theta0 = 2 * math.pi * p[:, 4]
+    cen = []
+    for k in range(4):
+        th = theta0 + 2 * math.pi * k / n + (p[:, 5 + k] - 0.5) * 0.4 * (2 * math.pi / n)
+        rad = 0.45 + 0.2 * p[:, 9 + k]
+        dirv = torch.cos(th)[:, None] * e1 + torch.sin(th)[:, None] * e2
+        cen.append(rad[:, None] * dirv * dims / 2)
+    C = torch.stack(cen, 1)  # (B, 4, 3)
+    act = torch.arange(4, device=dev)[None] < n[:, None]  # (B, 4)
+    dist = (C[:, :, None] - C[:, None]).norm(dim=-1)
+    pair = act[:, :, None] & act[:, None] & ~torch.eye(4, dtype=torch.bool, device=dev)
+    min_sep = torch.where(pair, dist, torch.full_like(dist, _BIG)).amin(2)  # (B, 4)
+    m1 = m2 = None
+    for k in range(int(n.max())):
+        q = p[:, 13 + 7 * k: 20 + 7 * k]
+        rk = L * (0.13 + 0.10 * q[:, 0:3])
+        # neighbours must not overlap much: largest semi-axis <= 0.42 x nearest-centre distance
+        rk = rk * torch.clamp(0.42 * min_sep[:, k] / rk.amax(1), max=1.0)[:, None]
+        dk = _ellipsoid(axes, C[:, k], _rotation(q[:, 3:6]), rk, ~act[:, k])
+        if m1 is None:
+            m1, m2 = dk, torch.full_like(dk, _BIG)
+        else:
+            m2 = torch.minimum(m2, torch.maximum(m1, dk))
+            m1 = torch.minimum(m1, dk)
+    fld, step = _noise(keys, 131, shape, 1, 0.1 * L)
+    amp = (L * (0.01 + 0.015 * p[:, 41]))[:, None, None, None, None]
+    body = m1 + _upsample((fld.clamp(-2.5, 2.5) * amp).float(), shape, step)[:, 0]
+    body -= _col(_fit_level(body, -0.05 * L, 0.06 * L))
+    # A voxel is kept only if it is nearer to its own component than to any other by > 2 mm:
+    # with 1-Lipschitz distances two 26-neighbours (<= sqrt(3) mm apart) can't then belong to
+    # different components, so components never touch.
+    gap = (m2 - m1).neg_().add_(2.0)
+    return torch.maximum(body, gap), None
+
+
+def _hollow(keys, shape, dev):
+    """Cyst / hollow organ: closed wall around a fluid cavity, fully inside the patch."""
+    Lmin = float(min(shape))
+    dims = torch.tensor(shape, dtype=_F64, device=dev)
+    axes = _axes(shape, dev)
+    p = rng.params(keys, 140, 16).double()
+    c = (p[:, 0:3] - 0.5) * 0.06 * dims
+    radii = Lmin * (0.24 + 0.09 * p[:, 3:6])
+    fld, step = _noise(keys, 141, shape, 2, 0.2 * Lmin)
+    amp = (Lmin * (0.015 + 0.015 * p[:, 9]))[:, None, None, None]
+    t0 = torch.clamp(Lmin * (0.07 + 0.07 * p[:, 10]), min=1.8)[:, None, None, None]
+    coarse = torch.stack([fld[:, 0].clamp(-2.5, 2.5) * amp,
+                          t0 * (1 + 0.25 * fld[:, 1]).clamp(min=0.8)], 1)
+    up = _upsample(coarse.float(), shape, step)
+    d_out = _ellipsoid(axes, c, _rotation(p[:, 6:9]), radii).add_(up[:, 0])
+    d_cav = d_out + up[:, 1]  # < 0 inside the cavity
+    phi = torch.maximum(d_out, -d_cav)
+    # only thicken (never thin) the wall: thinning could open the cavity
+    level = _col(_fit_level(phi, 0.0, 0.5))
+    return phi.sub_(level), d_cav.add_(level)
+
+
+_FAMILY_FNS = {"blob": _blob, "tubular": _tubular, "multi": _multi, "hollow": _hollow}
+
+
+# ----------------------------------------------------------------------------- intensities
+def _ramp(x: torch.Tensor) -> torch.Tensor:
+    """Soft occupancy from a coarse-folded argument: clamp to [0, 1] in place."""
+    return x.clamp_(0.0, 1.0)
+
+
+def _render(keys, shape, fam, is_ct, occ, cav):
+    """Image (B, D, H, W) float32 in [0, 1].
+
+    fam (B,) index into FAMILIES; is_ct (B,) bool; occ (B, D, H, W) soft foreground occupancy;
+    cav (B, D, H, W) soft cavity occupancy or None.
+    """
+    B, dev = keys.shape[0], keys.device
+    L = _scale(shape)
+    u = rng.params(keys, 150, 24).double().unbind(1)
+    vessel, wall = fam == FAMILIES.index("tubular"), fam == FAMILIES.index("hollow")
+
+    def pick(ct, mr):
+        return torch.where(is_ct, ct, mr)
+
+    # --- tissue values, per episode: CT in HU, MR in a.u.
+    a_ct, a_mr = 35 + 30 * u[0], 0.30 + 0.15 * u[0]  # main background tissue
+    tA = pick(a_ct, a_mr)
+    # second background tissue: CT fat; MR fat (bright, T1-like) or dark fibrous tissue
+    tB = pick(-110 + 50 * u[1], torch.where(u[2] < 0.6, 0.80 + 0.2 * u[1], 0.10 + 0.1 * u[1]))
+    # organs: mostly enhancing (brighter), sometimes hypodense in CT
+    organ = pick(a_ct + torch.where(u[2] < 0.8, 25 + 70 * u[3], -(20 + 30 * u[3])),
+                 a_mr + 0.10 + 0.25 * u[3])
+    vess = pick(140 + 160 * u[3], a_mr + 0.30 + 0.40 * u[3])
+    wallv = pick(a_ct + 20 + 50 * u[3], a_mr + 0.10 + 0.20 * u[3])
+    fg = torch.where(vessel, vess, torch.where(wall, wallv, organ))
+    fluid = pick(20 * u[4], torch.where(u[5] < 0.5, 0.9 + 0.3 * u[4], 0.05 + 0.1 * u[4]))
+    # distractor organs look almost like the foreground: intensity alone can't separate them
+    distr = fg + pick((u[6] - 0.5) * 30, (u[6] - 0.5) * 0.10)
+    clutter = pick(350 + 650 * u[7], torch.where(u[8] < 0.5, 0.02 + 0.06 * u[7], 0.9 + 0.2 * u[7]))
+    tex_amp = pick(4 + 8 * u[10], 0.01 + 0.02 * u[10])
+
+    # --- background masks: ramps of thresholded random fields, ~1.5 voxels wide. The ramp
+    # argument 0.5 + (N - thr) * sigma / 1.8 is affine in N, so it is formed on the coarse grid.
+    s_part, s_dis, s_clu = 0.2 * L, 0.12 * L, max(3.0, 0.06 * L)
+    thr_b = 1.0 * u[11]
+    thr_d = 0.8 + 0.8 * u[12]
+    thr_c = pick(1.6 + 0.8 * u[13], 1.9 + 0.8 * u[13])
+    col5 = lambda v: v[:, None, None, None]  # noqa: E731  (B,) -> (B,1,1,1) float64 (coarse)
+    fb, sb = _noise(rng.substream(keys, 0), 151, shape, 1, s_part)
+    fd, sd = _noise(rng.substream(keys, 1), 151, shape, 2, s_dis)
+    fc, sc = _noise(rng.substream(keys, 2), 151, shape, 1, s_clu)
+    m_b = _ramp(_upsample((0.5 + (fb[:, 0] - col5(thr_b)) * (s_part / 1.8))[:, None].float(), shape, sb)[:, 0])
+    m_c = _ramp(_upsample((0.5 + (fc[:, 0] - col5(thr_c)) * (s_clu / 1.8))[:, None].float(), shape, sc)[:, 0])
+    m_d = torch.empty((B, *shape), device=dev)
+    ves_rows = vessel.nonzero()[:, 0]
+    org_rows = (~vessel).nonzero()[:, 0]
+    if len(org_rows):
+        arg = 0.5 + (fd[org_rows, 0] - col5(thr_d[org_rows])) * (s_dis / 1.8)
+        m_d[org_rows] = _ramp(_upsample(arg[:, None].float(), shape, sd)[:, 0])
+    if len(ves_rows):
+        # other vessels: where two fields are both ~0 (a curve in 3D); scaled so that
+        # |(f1, f2)| ~ distance to that curve in ramp widths (|grad f| ~ 1.22 / sigma)
+        w = 1.5
+        fv = _upsample((fd[ves_rows] * (s_dis / 1.22 / w)).float(), shape, sd)
+        rad = (0.5 + (1.0 + 1.5 * u[18][ves_rows]) * L / 32 / w)
+        dist = (fv[:, 0] * fv[:, 0]).add_(fv[:, 1] * fv[:, 1]).sqrt_()
+        m_d[ves_rows] = _ramp(dist.neg_().add_(_col(rad)))
+    bg = m_b.mul_(_col(tB - tA)).add_(_col(tA))
+    bg += m_d.mul_(_col(distr) - bg)
+    bg += m_c.mul_(_col(clutter) - bg)
+    img = bg.add_(occ * (_col(fg) - bg))
+    if cav is not None:
+        img += cav * (_col(fluid) - img)
+    ft, st = _noise(keys, 153, shape, 1, 3.0)
+    img += _upsample((ft * col5(tex_amp)[:, None]).float(), shape, st)[:, 0]
+
+    # --- per modality: bias field, acquisition noise, normalisation to [0, 1]
+    out = torch.empty((B, *shape), device=dev)
+    for ct in (False, True):
+        rows = (is_ct == ct).nonzero()[:, 0]
+        if not len(rows):
+            continue
+        k, x = keys[rows], img[rows]
+        v = [w[rows] for w in u]
+        fb, sb = _noise(k, 152, shape, 1, 0.5 * L)
+        if ct:
+            # beam-hardening-like drift acts on attenuation (HU + 1000), not on HU
+            beta = col5(0.005 + 0.01 * v[14])[:, None]
+            bias = _upsample(torch.cat([1 + beta * fb, 1000 * beta * fb], 1).float(), shape, sb)
+            x = x.mul_(bias[:, 0]).add_(bias[:, 1])
+            nz = rng.normal(rng.substream(k, 154), (1, *shape))
+            x += nz[:, 0].mul_(_col(6 + 14 * v[9]))
+            lvl, win = 40 + 20 * v[16], 350 + 100 * v[17]
+            x = x.sub_(_col(lvl - win / 2)).div_(_col(win))
+        else:
+            beta = col5(0.12 + 0.2 * v[14])[:, None]
+            x = x.mul_(_upsample((1 + beta * fb).clamp(min=0.4).float(), shape, sb)[:, 0])
+            nz = rng.normal(rng.substream(k, 154), (2, *shape)).mul_(_col(0.025 + 0.035 * v[9])[:, None])
+            re = x.add_(nz[:, 0])
+            x = re.mul_(re).add_(nz[:, 1].mul_(nz[:, 1])).sqrt_()  # Rician magnitude
+            q = _row_quantiles(x, (0.01, 0.995))
+            x = x.sub_(_col(q[0])).div_(_col((q[1] - q[0]).clamp(min=1e-6)))
+        out[rows] = x.clamp_(0.0, 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- public API
+def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, families=FAMILIES,
+                      modalities=MODALITIES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate one phantom per episode key.
+
+    Args:
+        keys: (B,) int64 episode keys (see ``svl_env.rng``); their device is the output's.
+        shape: patch size (D, H, W) in voxels of 1 mm; each >= 8.
+        families: non-empty subset of ``FAMILIES`` to draw from (uniformly, per key).
+        modalities: non-empty subset of ``MODALITIES`` to draw from (uniformly, per key).
+
+    Returns:
+        image (B, D, H, W) float32 in [0, 1], truth (B, D, H, W) bool, on ``keys.device``.
+        Row b depends only on ``keys[b]``, ``shape``, ``families`` and ``modalities``.
+    """
+    keys = rng.as_keys(keys, device=keys.device if torch.is_tensor(keys) else None)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 8:
+        raise ValueError(f"shape must be 3 sizes >= 8, got {shape}")
+    families, modalities = tuple(families), tuple(modalities)
+    if not families or any(f not in FAMILIES for f in families):
+        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {families}")
+    if not modalities or any(m not in MODALITIES for m in modalities):
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
+    B, dev = keys.shape[0], keys.device
+    if B == 0:
+        return (torch.zeros((0, *shape), device=dev), torch.zeros((0, *shape), dtype=torch.bool, device=dev))
+
+    pick = (rng.params(keys, 100, 1)[:, 0] * len(families)).long().clamp(max=len(families) - 1)
+    fam = torch.tensor([FAMILIES.index(f) for f in families], device=dev)[pick]
+    pick = (rng.params(keys, 101, 1)[:, 0] * len(modalities)).long().clamp(max=len(modalities) - 1)
+    is_ct = torch.tensor([m == "ct" for m in modalities], device=dev)[pick]
+
+    phi = torch.empty((B, *shape), device=dev)
+    dcav = None
+    for f, name in enumerate(FAMILIES):
+        rows = (fam == f).nonzero()[:, 0]
+        if not len(rows):
+            continue
+        ph, dc = _FAMILY_FNS[name](keys[rows], shape, dev)
+        phi[rows] = ph
+        if dc is not None:
+            if dcav is None:
+                dcav = torch.full((B, *shape), _BIG, device=dev)
+            dcav[rows] = dc
+
+    truth = phi < 0
+    # Partial volume: the fraction of a voxel's box inside a plane at signed distance phi is
+    # clamp(0.5 - phi, 0, 1); a per-episode width 1.0-1.6 mm adds some scanner blur.
+    width = _col(1.0 + 0.6 * rng.params(keys, 150, 24)[:, 23].double())
+    occ = _ramp(phi.div_(-width).add_(0.5))
+    cav = None if dcav is None else _ramp(dcav.div_(-width).add_(0.5))
+    return _render(keys, shape, fam, is_ct, occ, cav), truth

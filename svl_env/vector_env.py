@@ -1,0 +1,370 @@
+"""``SVLDRLVectorEnv``: the one batched implementation of the SVL-DRL dynamics.
+
+Every voxel of every environment is an agent. State, observation and reward live in
+(B, ...) torch tensors on ``device``; a step is a handful of batched tensor ops plus one
+host call that counts connected components. The single environment ``SVLDRLEnv`` is the
+batch-of-one view of this class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from . import metrics as M
+from . import rng
+from .dynamics import (ACTION_SETS, apply_intensity_actions, apply_label_actions, label_candidates,
+                       neighbourhood_mean, segment)
+from .noise import parse_noise
+from .render import render_frame
+from .reward import RewardWeights, counterfactual_rewards, objective, step_reward
+from .sources import make_source
+
+CHANNEL_NAMES = ("image", "mask", "annotation", "image_mean3", "mask_mean3", "time")
+_TAG_EPS = 30  # rng tag of the intensity actions' epsilon
+
+
+class StepBeforeResetError(ValueError, gym.error.ResetNeeded):
+    """``step`` was called before the first ``reset``."""
+
+
+def _patch_shape(patch_size) -> tuple[int, int, int]:
+    shape = (patch_size,) * 3 if isinstance(patch_size, (int, np.integer)) else tuple(int(s) for s in patch_size)
+    if len(shape) != 3 or min(shape) < 2:
+        raise ValueError(f"patch_size must be an int or 3 ints >= 2, got {patch_size!r}")
+    return shape
+
+
+class SVLDRLVectorEnv(VectorEnv):
+    """Voxel-level refinement of noisy 3D annotations, ``num_envs`` environments at once.
+
+    Observation (per env): ``Box(0, 1, (C, D, H, W), float32)``, channels ``CHANNEL_NAMES``:
+    image (current intensities), mask (current state f_t), annotation (the given labels),
+    3x3x3 means of image and mask, and time t / max_steps.
+    Action (per env): ``MultiDiscrete(np.full((D, H, W), K))``, one action per voxel from
+    ``action_names`` (see ``svl_env.dynamics``).
+    Reward (per env): the composite of ``svl_env.reward``; ``info["reward_map"]`` (B, D, H, W)
+    sums to it exactly; ``info["action_rewards"]`` (B, K, D, H, W) with ``action_rewards=True``.
+
+    Args:
+        num_envs: batch size B.
+        data: ``"phantom"`` (default, built in), a Decathlon folder, or a source object.
+        patch_size: int or (D, H, W) voxels.
+        noise: annotation noise spec (``svl_env.noise``); default ``"mt"`` when the truth is
+            known, ``"none"`` when the data carries its own noisy labels.
+        noise_ratio: fraction of episodes whose annotation is corrupted.
+        action_set: ``"label"`` (default) or ``"intensity"`` (needs ``segmenter``).
+        segmenter: torch module, (B, 1, D, H, W) image -> logits; foreground where > 0.
+        reward_target: ``"clean"`` (truth; simulated-noise benchmark) or ``"annotation"``.
+        initial_mask: ``"annotation"`` or ``"segmenter"``; default annotation for label
+            actions, segmenter for intensity actions.
+        max_steps: truncation length (PixelRL's t_max = 5); ``max_episode_steps`` is an alias.
+        reward_weights: dict of ``RewardWeights`` fields (w_dice, w_cont, w_cc, w_tv).
+        action_rewards: also return the counterfactual per-action rewards (label actions).
+        device: torch device of all state tensors.
+        return_tensors: return torch tensors on ``device`` instead of numpy arrays.
+        autoreset_mode: ``AutoresetMode`` NEXT_STEP (default), SAME_STEP or DISABLED.
+        **data_options: passed to the source (phantom: families, modalities; folder:
+            labels="clean"|"noisy", label_value, modality, fg_prob).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, *, data="phantom", patch_size=32, noise=None, noise_ratio: float = 1.0,
+                 action_set: str = "label", segmenter: torch.nn.Module | None = None,
+                 reward_target: str = "clean", initial_mask: str | None = None, max_steps: int = 5,
+                 reward_weights=None, action_rewards: bool = False, device="cpu", return_tensors: bool = False,
+                 render_mode: str | None = None, autoreset_mode=AutoresetMode.NEXT_STEP,
+                 max_episode_steps: int | None = None, **data_options):
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.num_envs = int(num_envs)
+        self.device = torch.device(device)
+        self.patch_shape = _patch_shape(patch_size)
+        self.source = make_source(data, **data_options)
+        if max_episode_steps is not None:
+            max_steps = max_episode_steps
+        if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        self.max_steps = int(max_steps)
+
+        if action_set not in ACTION_SETS:
+            raise ValueError(f"unknown action_set {action_set!r}; valid: {list(ACTION_SETS)}")
+        self.action_set = action_set
+        self.action_names = ACTION_SETS[action_set]
+        if action_set == "intensity" and segmenter is None:
+            raise ValueError("action_set='intensity' needs a segmenter (a torch module: image -> logits)")
+        if segmenter is not None and not callable(segmenter):
+            raise ValueError(f"segmenter must be a callable torch module, got {type(segmenter).__name__}")
+        self.segmenter = segmenter
+        if initial_mask is None:
+            initial_mask = "segmenter" if action_set == "intensity" else "annotation"
+        if initial_mask not in ("annotation", "segmenter"):
+            raise ValueError(f"initial_mask must be 'annotation' or 'segmenter', got {initial_mask!r}")
+        if initial_mask == "segmenter" and segmenter is None:
+            raise ValueError("initial_mask='segmenter' needs a segmenter")
+        self.initial_mask = initial_mask
+        if action_rewards and action_set != "label":
+            raise ValueError("action_rewards=True needs action_set='label' (the reward decomposes per voxel only there)")
+        self.action_rewards = bool(action_rewards)
+
+        if reward_target not in ("clean", "annotation"):
+            raise ValueError(f"reward_target must be 'clean' or 'annotation', got {reward_target!r}")
+        if reward_target == "clean" and not self.source.has_truth:
+            raise ValueError("reward_target='clean' needs the truth, but this data carries only (noisy) annotations; "
+                             "use reward_target='annotation'")
+        self.reward_target = reward_target
+        self.weights = RewardWeights.from_any(reward_weights)
+
+        if noise is None:
+            noise = "mt" if self.source.has_truth and not self.source.has_annotation else "none"
+        self.noise = parse_noise(noise)
+        if not 0.0 <= float(noise_ratio) <= 1.0:
+            raise ValueError(f"noise_ratio must be in [0, 1], got {noise_ratio!r}")
+        self.noise_ratio = float(noise_ratio)
+        if self.source.has_annotation and self.noise.name != "none":
+            raise ValueError("this data already carries noisy annotations; use noise='none'")
+
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.autoreset_mode = AutoresetMode(autoreset_mode) if not isinstance(autoreset_mode, AutoresetMode) \
+            else autoreset_mode
+        self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
+        self.return_tensors = bool(return_tensors)
+
+        self.channel_names = CHANNEL_NAMES
+        k = len(self.action_names)
+        self.single_observation_space = gym.spaces.Box(0.0, 1.0, (len(CHANNEL_NAMES), *self.patch_shape), np.float32)
+        self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.patch_shape, k, dtype=np.int64))
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+
+        self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        self._state: dict[str, Any] | None = None
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
+        """Reset all environments (or those in ``options["reset_mask"]``).
+
+        ``seed``: an int s seeds env i with s + i; a list gives one seed per env.
+        Returns (obs (B, C, D, H, W), info of (B,) arrays).
+        """
+        if isinstance(seed, (int, np.integer)):
+            seed = [int(seed) + i for i in range(self.num_envs)]
+        if seed is not None and len(seed) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} seeds, got {len(seed)}")
+        mask = None if options is None else options.get("reset_mask")
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+        else:
+            mask = np.ones(self.num_envs, dtype=bool)
+        if self._state is None and not mask.all():
+            raise StepBeforeResetError("the first reset must reset every environment (no reset_mask)")
+        for i in range(self.num_envs):
+            if seed is not None and seed[i] is not None:
+                self._rngs[i] = seeding.np_random(seed[i])[0]
+            elif self._rngs[i] is None:
+                self._rngs[i] = seeding.np_random()[0]
+        self._reset_rows(np.flatnonzero(mask))
+        self._autoreset[mask] = False
+        return self._out(self._observe()), self._info(self._metrics())
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """Start new episodes in ``rows``: fresh key from each env's own generator."""
+        # One small numpy draw per env being reset: keeps env i's stream its own (rng module doc).
+        keys = rng.as_keys([rng.draw_key(self._rngs[i]) for i in rows], self.device)
+        batch = self.source.sample(keys, self.patch_shape)
+        truth = batch.truth
+        if batch.annotation is not None:
+            annotation, corrupted = batch.annotation, torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+        else:
+            noisy, corrupted = self.noise(truth.bool(), keys, self.noise_ratio)
+            annotation = noisy.float()
+        image = batch.image.float()
+        mask = segment(self.segmenter, image) if self.initial_mask == "segmenter" else annotation.clone()
+        target = truth if self.reward_target == "clean" else annotation
+        dice_ann = M.dice(annotation, truth) if truth is not None else None
+        new = dict(keys=keys, image0=image, image=image.clone(), image_mean3=neighbourhood_mean(image),
+                   mask=mask, mask_mean3=neighbourhood_mean(mask),
+                   annotation=annotation, truth=truth, target=target, spacing=batch.spacing, corrupted=corrupted,
+                   dice_annotation_clean=dice_ann,
+                   t=torch.zeros(len(rows), dtype=torch.int64, device=self.device), names=batch.names)
+        obj = objective(mask, target)
+        if self._state is None or len(rows) == self.num_envs:
+            self._state, self._obj = new, obj
+            return
+        idx = torch.as_tensor(rows, device=self.device)
+        for key, value in new.items():
+            if key == "names":
+                for j, r in enumerate(rows):
+                    self._state["names"][r] = value[j]
+            elif value is not None:
+                self._state[key][idx] = value
+        self._obj.index_put(idx, obj)
+
+    # ------------------------------------------------------------------- step
+    def _check_actions(self, actions) -> torch.Tensor:
+        expected = (self.num_envs, *self.patch_shape)
+        if torch.is_tensor(actions):
+            a = actions
+        else:
+            try:
+                a = np.asarray(actions)
+            except Exception as exc:  # ragged lists and the like
+                raise ValueError(f"actions must be an integer array of shape {expected}: {exc}") from None
+            if a.dtype == object:
+                raise ValueError(f"actions must be an integer array of shape {expected}, got dtype object")
+            a = torch.from_numpy(a) if a.dtype.kind in "iub" else a
+        if tuple(a.shape) != expected:
+            raise ValueError(f"actions must have shape {expected} (num_envs, D, H, W), got {tuple(a.shape)}")
+        dtype_ok = a.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8) if torch.is_tensor(a) \
+            else False
+        if not dtype_ok:
+            raise ValueError(f"actions must be integers (one action index per voxel), got dtype {a.dtype}")
+        a = a.to(self.device, torch.int64)
+        k = len(self.action_names)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"actions must lie in [0, {k - 1}] ({', '.join(self.action_names)}), got {lo}..{hi}")
+        return a
+
+    def step(self, actions):
+        """Apply one action per voxel in every environment.
+
+        Args: actions (B, D, H, W) integers in [0, K). Returns obs (B, C, D, H, W) float32,
+        reward (B,) float64, terminated (B,) bool (always False: episodes end by truncation),
+        truncated (B,) bool, info.
+        """
+        if self._state is None:
+            raise StepBeforeResetError("step() called before reset(): call reset() first")
+        a = self._check_actions(actions)
+        s = self._state
+        prev = s["mask"]
+        if self.action_set == "label":
+            if self.action_rewards:
+                cand = label_candidates(prev, s["mask_mean3"])
+                new = torch.gather(cand, 1, a[:, None]).squeeze(1)
+            else:
+                new = apply_label_actions(prev, a, s["mask_mean3"])
+        else:
+            eps = rng.uniform(rng.substream(s["keys"], _TAG_EPS, 0) + s["t"] * 7919, self.patch_shape)
+            s["image"] = apply_intensity_actions(s["image"], a, eps)
+            new = segment(self.segmenter, s["image"])
+        reward, reward_map, new_obj = step_reward(prev, new, s["target"], self._obj, self.weights)
+        extra = {"reward_map": reward_map}
+        if self.action_rewards:
+            extra["action_rewards"] = counterfactual_rewards(prev, cand, s["target"], self._obj, self.weights)
+        s["mask"], s["mask_mean3"], self._obj = new, neighbourhood_mean(new), new_obj
+        s["t"] = s["t"] + 1
+        truncated = (s["t"] >= self.max_steps).cpu().numpy()
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        reward = reward.cpu().numpy()
+
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._autoreset.any():
+            rows = np.flatnonzero(self._autoreset)
+            self._reset_rows(rows)
+            reward[rows] = 0.0
+            truncated[rows] = False
+            extra = {k: v.clone() for k, v in extra.items()}
+            for v in extra.values():
+                v[torch.as_tensor(rows, device=self.device)] = 0.0
+        metrics = self._metrics()
+        info = self._info(metrics, extra)
+        done = terminated | truncated
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
+            rows = np.flatnonzero(done)
+            final_obs = self._observe()
+            info["final_obs"] = np.empty(self.num_envs, dtype=object)
+            for r in rows:
+                info["final_obs"][r] = self._out(final_obs[r])
+            info["_final_obs"] = done.copy()
+            info["final_info"] = self._info(metrics, extra, rows=rows)
+            info["_final_info"] = done.copy()
+            self._reset_rows(rows)
+            # Reset envs report their new episode's metrics (as SyncVectorEnv reports reset infos);
+            # the step-only entries (reward maps) of those envs live in final_info.
+            idx = torch.as_tensor(rows, device=self.device) if self.return_tensors else rows
+            for k, v in self._info(self._metrics()).items():
+                if not k.startswith("_"):
+                    info[k][idx] = v[idx]
+            for k in extra:
+                info["_" + k][rows] = False
+        elif self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._autoreset = done
+        obs = self._observe()
+        return self._out(obs), self._out(reward), terminated, truncated, info
+
+    # ------------------------------------------------------------ observation
+    def _observe(self) -> torch.Tensor:
+        s = self._state
+        time = (s["t"].float() / self.max_steps).view(-1, 1, 1, 1).expand_as(s["mask"])
+        image_mean3 = s["image_mean3"] if self.action_set == "label" else neighbourhood_mean(s["image"])
+        return torch.stack([s["image"], s["mask"], s["annotation"], image_mean3, s["mask_mean3"], time], 1)
+
+    def _metrics(self) -> dict[str, torch.Tensor]:
+        s, obj, w = self._state, self._obj, self.weights
+        out = {"dice": obj.dice, "iou": obj.tp / (obj.n_pred + obj.n_target - obj.tp).clamp_min(1e-12),
+               "continuity": w.w_cc * obj.fragmentation() + w.w_tv * obj.tv / M.surface_norm(self.patch_shape),
+               "n_components": obj.n_cc, "corrupted": s["corrupted"], "t": s["t"]}
+        out["iou"] = torch.where(obj.n_pred + obj.n_target > 0, out["iou"], torch.ones_like(out["iou"]))
+        if s["truth"] is not None:
+            if self.reward_target == "clean":  # the objective already holds the counts vs truth
+                out["dice_clean"], out["iou_clean"] = out["dice"], out["iou"]
+            else:
+                out["dice_clean"] = M.dice(s["mask"], s["truth"])
+                out["iou_clean"] = M.iou(s["mask"], s["truth"])
+            out["dice_annotation_clean"] = s["dice_annotation_clean"]
+        return out
+
+    def _info(self, metrics: dict, extra: dict | None = None, rows=None) -> dict:
+        """Gymnasium vector info: (B,) arrays with ``_key`` masks (True where set)."""
+        present = np.ones(self.num_envs, dtype=bool) if rows is None else np.isin(np.arange(self.num_envs), rows)
+        info = {}
+        for k, v in {**metrics, **(extra or {})}.items():
+            info[k] = self._out(v.clone() if self.return_tensors else v)
+            info["_" + k] = present.copy()
+        return info
+
+    def _out(self, x):
+        """numpy (fresh copy) by default; torch on ``device`` with ``return_tensors``."""
+        if self.return_tensors:
+            return x if torch.is_tensor(x) else torch.as_tensor(x, device=self.device)
+        if torch.is_tensor(x):
+            return x.detach().cpu().numpy().copy()
+        return np.array(x, copy=True)
+
+    # ---------------------------------------------------------------- helpers
+    def state_tensors(self) -> dict[str, torch.Tensor | None]:
+        """The current batched state (tensors on ``device``; treat as read-only):
+        image, image0, mask, annotation, truth (None if unknown), target, spacing, t, keys."""
+        if self._state is None:
+            raise StepBeforeResetError("no state before reset()")
+        return {k: self._state[k] for k in ("image", "image0", "mask", "annotation", "truth", "target",
+                                             "spacing", "t", "keys")}
+
+    @property
+    def case_names(self) -> list[str]:
+        return list(self._state["names"]) if self._state else []
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without render_mode; pass render_mode='rgb_array'")
+            return None
+        if self._state is None:
+            raise StepBeforeResetError("render() called before reset()")
+        s = self._state
+        return tuple(render_frame(s["image"][i], s["mask"][i], s["annotation"][i],
+                                  None if s["truth"] is None else s["truth"][i]) for i in range(self.num_envs))
+
+    def close_extras(self, **kwargs):
+        self._state = None

@@ -24,9 +24,30 @@ ACTION_SETS = {"label": LABEL_ACTIONS, "intensity": INTENSITY_ACTIONS}
 INTENSITY_STRENGTH = 0.3
 
 
+def _box_sum(x: torch.Tensor) -> torch.Tensor:
+    """3x3x3 box sum with zero padding, separable: (B, D, H, W) -> same.
+
+    Hand-rolled rather than ``avg_pool3d`` because the pooling op rejects patches thinner
+    than its kernel (2 voxels) even with padding; on CPU the separable sum costs the same.
+    """
+    for dim in (1, 2, 3):
+        pad = [0] * 6
+        pad[2 * (3 - dim)] = pad[2 * (3 - dim) + 1] = 1
+        p = F.pad(x, pad)
+        n = x.shape[dim]
+        x = p.narrow(dim, 0, n) + p.narrow(dim, 1, n) + p.narrow(dim, 2, n)
+    return x
+
+
+_INV_COUNT: dict = {}
+
+
 def neighbourhood_mean(x: torch.Tensor) -> torch.Tensor:
     """3x3x3 mean over voxels inside the patch; (B, D, H, W) -> same, float32."""
-    return F.avg_pool3d(x[:, None].float(), 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    key = (tuple(x.shape[1:]), str(x.device))
+    if key not in _INV_COUNT:
+        _INV_COUNT[key] = 1.0 / _box_sum(torch.ones(1, *x.shape[1:], device=x.device))
+    return _box_sum(x.float()) * _INV_COUNT[key]
 
 
 def label_candidates(mask: torch.Tensor, mask_mean3: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,101 +7,128 @@ spec (``parse_noise``) and called on a batch::
     model = parse_noise("mt:side_min=3,side_max=9") # with parameters
     model = parse_noise({"name": "markov", "T": 60})
     model = parse_noise("mt+markov")                # mixture, equal weights
-    model = parse_noise({"mt": 0.7, "markov": 0.3}) # weighted mixture ("0.7*mt+0.3*markov")
+    model = parse_noise({"mt": 0.7, "markov": 0.3}) # weighted mixture (= "0.7*mt+0.3*markov")
     model = parse_noise("mt:preset=literature")     # the published parameters (see below)
     noisy, corrupted = model(truth, keys, noise_ratio=0.5)
 
-``truth`` is (B, D, H, W) bool, ``keys`` (B,) int64 episode keys (``svl_env.rng``). Row b is
-*selected* iff a key-derived uniform is < ``noise_ratio``; a selected row draws one protocol
-of the mixture (by weight, from its key) and is corrupted by it; ``corrupted[b]`` is True iff
-the row was selected and its protocol is not ``"none"`` (for models without ``"none"``:
-exactly the selected rows). Unselected rows are returned unchanged. Every random number of
-row b comes from ``keys[b]`` (root tag ``_TAG_NOISE = 40`` of ``rng``), so row b's result
-depends only on ``keys[b]`` and ``truth[b]``: a batch equals its rows computed one by one,
-and a row that draws protocol P in a mixture gets the same annotation as under P alone.
+``truth`` is (B, D, H, W) bool (other dtypes: ``!= 0``), ``keys`` (B,) int64 episode keys
+(``svl_env.rng``). Row b is *selected* iff a key-derived uniform is < ``noise_ratio`` (so the
+selected set only grows with the ratio); a selected row draws one protocol of the mixture by
+weight from its key and is corrupted by it. ``corrupted[b]`` is True iff the row was selected
+and its protocol is not ``"none"`` -- for mixtures without ``"none"`` exactly the selected
+rows. Unselected rows are returned unchanged. All randomness of row b comes from ``keys[b]``
+(root tag ``_TAG_NOISE = 40`` of ``rng``), so row b's result depends only on ``keys[b]`` and
+``truth[b]``: a batch equals its rows computed one by one, and a row that draws protocol P in
+a mixture gets the same annotation as under P alone. ``model.name`` is the canonical spec
+(``parse_noise(model.name) == model``), ``"none"`` iff the model is the identity.
 
 Conventions shared by all protocols
 -----------------------------------
-- Morphology is computed with boolean shifts, separable for the cube: one 3x3x3 step equals
+- Sizes are in voxels, not scaled with the patch: an annotator's error is a physical size,
+  and a 64^3 patch of a real volume shows the same anatomy at the same scale as a 32^3 one
+  (only the procedural phantoms grow with the patch; see the 64^3 column below).
+- Morphology uses boolean shifts, separable for the cube: one 3x3x3 step equals
   ``max_pool3d(x, 3, 1, 1)`` (dilation) / ``-max_pool3d(-x, 3, 1, 1)`` (erosion) exactly
   (tested), at 1/25 of max_pool3d's CPU time. Erosion is dilation of the complement.
-- The patch border is *not* an object border: voxels outside the patch are ignored (as
-  max_pool3d's implicit padding does), so a structure cut by the patch edge neither grows nor
+- The patch border is *not* an object border: voxels outside the patch are ignored (as in
+  max_pool3d's implicit padding), so a structure cut by the patch edge neither grows nor
   erodes from the edge. Affine warps and Gaussian smoothing replicate the border.
-- Empty and full masks never crash; they stay empty / full (nothing plausible to corrupt).
+- Empty and full masks never crash and stay empty / full (nothing plausible to corrupt).
 
 Protocols
 ---------
-``"mt"`` -- MT-Noise (MTCL, Xu et al., IEEE TMI 2022): dilation (p = ``p_dilate``) or erosion
-    by a cube of side s ~ U{side_min..side_max} voxels. Odd s = (s-1)/2 3x3x3 steps; even s
-    adds one 2x2x2 step (its extra half voxel lies toward +index, scipy's origin convention).
-    Rows are batched by iterating 3x3x3 steps and keeping each row's result at its own count.
-    *Default sides 3..7 instead of the published 3..15*: MTCL corrupts whole LA volumes
-    (training crops 112x112x80, atrium diameters of 40-80 voxels); the patches here are 32^3
-    with structures of ~6-25 voxels across, where s = 15 (7 voxels of erosion) deletes most
-    objects outright (Dice ~0.05 for a radius-8 sphere). Scaling 3..15 linearly by
-    32/112 gives 1..4, where s <= 2 is (almost) no noise; 3..7 keeps the smallest published
-    side and caps the radius at 3 voxels, i.e. the same error *relative to object size* as
-    the literature on LA. ``preset=literature`` gives 3..15 (sensible from ~96^3 patches on).
-``"sp"`` -- superpixel-guided protocol (Li et al., MICCAI 2021): each corrupted row gets, with
-    probability 1/3 each, iterative dilation, iterative erosion, or an affine warp (rotation
-    about a random axis through the object's centroid by up to +-``max_angle`` degrees, plus
-    a translation in a random direction of up to ``max_shift`` x the object's equivalent
-    radius), sized to hit ``beta`` = |noisy xor truth| / |truth|. Dilation/erosion iterate
-    6-connected (cross) steps -- the finest grid step, so the overshoot past beta stays small
-    -- and stop at the first step with ratio >= beta (or when nothing changes any more).
-    The warp scales angle and translation together by s in {1/32, ..., 1} and takes the
-    smallest s that reaches beta (per-row binary search, nearest-neighbour grid_sample).
-    Li et al.'s alpha (fraction of noisy cases) is ``noise_ratio``; published beta: 0.5, 0.7.
-``"markov"`` -- boundary Markov noise (Yao et al., ICLR 2023, "Spatial Correction", and
-    their generator code): T steps; at each step the row grows with probability
-    ``theta1`` toward its preferred direction (else the opposite); every voxel on the active
-    boundary (background voxels 6-adjacent to the mask when growing, mask voxels 6-adjacent
-    to background when shrinking) flips with probability ``theta2``. Then every voxel flips
-    with probability ``theta3``, and the mask is Gaussian-smoothed (sigma ``sigma``, the
-    authors' 3D setting) and thresholded at 0.5. ``direction``: ``grow`` is the authors'
-    theta1 (probability of a growth step), ``shrink`` their 1 - theta1, ``random`` (default)
-    picks grow/shrink per row with p = 0.5 -- their two settings (B1/B2) in one model.
-    Implementation: a voxel flips at its G-th step on the active boundary, G ~ Geometric
-    (theta2) drawn once per voxel and flip direction -- the same law as a Bernoulli(theta2)
-    trial per step for each first flip, without drawing T random fields (a voxel flipping
-    back and forth reuses its G). *Defaults T=80, theta1=0.7, theta2=0.05, theta3=0 are the
-    authors' 3D (BraTS) setting B1/B2*, not the 2D JSRT one (T=180, 0.8, 0.05, 0.2,
-    ``preset=literature``): in 3D and at 32^3 the 2D setting's net drift of
-    T*theta2*(2*theta1-1) = 5.4 voxels wipes out small structures, while B1/B2's 1.6
-    voxels corrupts a radius-8 organ to Dice ~0.7-0.8, as on BraTS.
+``"mt"`` -- MT-Noise (MTCL, Xu et al., IEEE TMI 2022; their generator: side =
+    randint(3, 15), cube ``np.ones((s, s, s))``, scipy binary dilation or erosion with
+    p = 0.5): dilation (p = ``p_dilate``) or erosion by a cube of side s ~ U{side_min ..
+    side_max} voxels. Odd s = (s-1)/2 3x3x3 steps; even s adds one 2x2x2 step (max over
+    {i, i+1} per axis: the half-voxel asymmetry of any even-sized cube). Rows are batched
+    by iterating 3x3x3 steps and keeping each row's result at its own count.
+    *Default sides 2..4 instead of 3..15*: MTCL corrupts whole LA volumes (crops of
+    ~112x112x80 around an atrium 40-80 voxels across); the project's 32^3 patches hold
+    structures 3-25 voxels across (vessels of radius 1.5-4, thin walls), ~3.5x smaller,
+    where the published sides erase most of them (mean Dice 0.27 below, 1 mask in 4 wiped
+    out). Shrinking 3..15 by that factor (~32/112) gives sides ~1..4; side 1 is the
+    identity, hence 2..4 -- the published error relative to the structure size.
+    ``preset=literature`` = 3..15 (for structures of LA's size, e.g. whole volumes).
+``"sp"`` -- superpixel-guided protocol's noise (Li et al., MICCAI 2021): each corrupted row
+    gets, with probability 1/3 each, iterative dilation, iterative erosion, or an affine
+    warp (rotation about a random axis through the object's centroid by up to
+    +-``max_angle`` degrees, plus a translation in a random direction of up to
+    ``max_shift`` x the object's equivalent-sphere radius), sized to hit ``beta`` =
+    |noisy xor truth| / |truth|. Dilation / erosion iterate 6-connected (cross) steps -- the
+    finest grid step, so the overshoot past beta stays small -- and stop at the first step
+    with ratio >= beta (or when nothing changes any more). The warp scales angle and
+    translation together by s in {1/32, ..., 1} and takes the smallest s that reaches beta
+    (per-row binary search; affine_grid + nearest grid_sample). Li et al.'s alpha (fraction
+    of noisy cases: 0.3/0.5/0.7) is ``noise_ratio``; their beta: 0.5 (default) and 0.7.
+``"markov"`` -- boundary Markov noise (Yao et al., ICLR 2023, "Spatial Correction"; follows
+    their generator code): T steps; each step grows the mask with probability ``theta1``
+    toward the row's preferred direction (else the other way); every voxel on the active
+    boundary (background voxels 6-adjacent to the mask when growing, mask voxels
+    6-adjacent to background when shrinking) flips with probability ``theta2``. Then every
+    voxel flips with probability ``theta3``, and the mask is Gaussian-smoothed (``sigma``,
+    their 3D choice: 1 voxel) and thresholded at 0.5. ``direction``: ``grow`` = the
+    authors' theta1 (probability of a growth step), ``shrink`` = their 1 - theta1,
+    ``random`` (default) = grow or shrink per row with p = 0.5, their settings B1 and B2 in
+    one model. Implementation: a voxel flips at its G-th step on the active boundary,
+    G ~ Geometric(theta2) drawn once per voxel -- the law of a Bernoulli(theta2) trial per
+    step for every first flip, without drawing T random fields (a voxel that flips back
+    reuses its G). *Defaults*: the authors' 3D (BraTS) setting B1/B2 -- theta1 = 0.7,
+    theta2 = 0.05, theta3 = 0 -- with T = 30 instead of 80. The front moves ~0.05-0.08
+    voxel per step (Eden-like, faster as it roughens): with B1, T = 80 moves a surface by
+    ~3.3 voxels, T = 30 by ~0.9 (measured, radius-16 sphere). 3 voxels wipe out the
+    3-8-voxel-thick structures of a 32^3 patch (mean Dice 0.49 below), and the 2D JSRT
+    setting (T = 180, theta1 = 0.8, theta2 = 0.05, theta3 = 0.2, ``preset=literature``)
+    leaves Dice ~0.15; ~1 voxel on structures ~3x smaller than BraTS tumours keeps B1/B2's
+    relative boundary error. ``preset=brats`` = B1 (T = 80, direction = grow).
 ``"flip"`` -- random flips of boundary voxels: every voxel within ``width`` 6-connected steps
     of the other label (a band 2*width voxels thick around the surface) flips with
-    probability ``p``. No literature source; a speckle-type noise that local filters (median,
-    majority) can undo, useful as a sanity baseline.
+    probability ``p``. No literature source: speckle that local filters (median, majority)
+    can undo, a sanity baseline for refiners.
 ``"none"`` -- identity.
 
-Defaults and the noise they produce (``DEFAULT_PARAMS``)
---------------------------------------------------------
-Dice(noisy, truth) at the defaults with noise_ratio = 1 on the project's phantoms
-(``phantom.generate_phantoms``, 64 fixed keys, 32^3; ``tests/test_noise.py``): mean, and
-5th-95th percentile over the 64 patches.
+Defaults and the noise they produce
+-----------------------------------
+Dice(noisy, truth) at the defaults (``DEFAULT_PARAMS``), noise_ratio = 1, on the project's
+phantoms (``phantom.generate_phantoms``, 64 fixed keys, 32^3, all families; asserted by
+``tests/test_noise.py::test_dice_range_on_phantoms`` against ``DICE_AT_DEFAULTS``): mean,
+5th-95th percentile over the 64 patches, documented range of the mean, and the mean at 64^3
+(24 keys; the phantoms grow with the patch, so the same voxel sizes corrupt less). Measured
+with phantom.py as of this module's writing; the test's ranges leave room for its tuning.
 
-=========  ==============================================================  ====  ===========
-protocol   parameters (defaults)                                           mean  p5 - p95
-=========  ==============================================================  ====  ===========
-none       --                                                              1.00  1.00 - 1.00
-mt         side_min=3, side_max=7, p_dilate=0.5                            @MT
-sp         beta=0.5, max_angle=30, max_shift=1.0, max_iter=64              @SP
-markov     T=80, theta1=0.7, theta2=0.05, theta3=0, direction=random,      @MK
-           sigma=1.0
-flip       width=1, p=0.3                                                  @FL
-=========  ==============================================================  ====  ===========
+=========  ========================================================  =====  ===========  ===========  =====
+protocol   parameters (defaults)                                     mean   p5 - p95     mean range   64^3
+=========  ========================================================  =====  ===========  ===========  =====
+none       --                                                        1.000  1.00 - 1.00  1.00 - 1.00  1.000
+mt         side_min=2, side_max=4, p_dilate=0.5                      0.643  0.21 - 0.86  0.52 - 0.72  0.814
+sp         beta=0.5, max_angle=30, max_shift=1.0, max_iter=64        0.669  0.27 - 0.79  0.58 - 0.75  0.705
+markov     T=30, theta1=0.7, theta2=0.05, theta3=0,                  0.750  0.30 - 0.95  0.66 - 0.82  0.855
+           direction=random, sigma=1.0
+flip       width=1, p=0.3                                            0.862  0.79 - 0.93  0.82 - 0.90  0.928
+=========  ========================================================  =====  ===========  ===========  =====
 
-``LITERATURE_PARAMS`` (``preset=literature``): mt side 3..15; sp beta 0.5 (0.7 also
-published); markov T=180, theta1=0.8, theta2=0.05, theta3=0.2, direction=grow (JSRT, 2D).
-Other presets: markov ``preset=brats`` = B1 (T=80, theta1=0.7, theta2=0.05, theta3=0,
-direction=grow).
+Literature presets on the same 64 phantoms (32^3): ``mt:preset=literature`` 0.27,
+``markov:preset=literature`` 0.16, ``markov:preset=brats`` 0.49, ``sp:beta=0.7`` 0.53.
+Low p5 values are thin vessels and walls that an erosion or a shrinking run removes.
 
-Cost (2-core CPU, torch 2.13, batch of 16): see ``benchmarks`` / the module's test notes;
-all protocols are batched torch on ``truth.device`` with loops only over iteration counts
-(dilation steps, Markov steps, binary-search levels) -- never over voxels or rows (except
-inside ``rng``, one C call per row per random field).
+Cost
+----
+Batched torch on ``truth.device``; loops only over iteration counts (dilation steps, Markov
+steps, binary-search levels), never over voxels; over rows only inside ``rng`` (one C call
+per row per random field). Milliseconds per call on a batch of 16 phantoms, noise_ratio = 1,
+2-core CPU, torch 2.13, ``torch.set_num_threads(1)``, best of 9 (3 at 64^3), CPU time,
+measured while other jobs kept the machine at load average 5-7 (an idle machine is faster):
+
+========  =====  =====  ======  ======  =====
+size      none   mt     sp      markov  flip
+========  =====  =====  ======  ======  =====
+16x32^3   0.0    3.6    29      37      4.1
+16x64^3   0.4    29     280     330     34
+========  =====  =====  ======  ======  =====
+
+Markov = T steps of ~0.7 ms (at 32^3) + 6 ms of smoothing; sp = up to 6 warps of the affine
+rows. With 2 threads on the loaded 2-core machine the same calls took 2-50x longer (OpenMP
+threads waiting for a core): on a shared CPU, one thread per process is the faster setting.
 """
 
 from __future__ import annotations
@@ -109,7 +136,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import warnings
 from typing import Any, Mapping
 
 import torch
@@ -117,7 +143,8 @@ import torch.nn.functional as F
 
 from . import rng
 
-__all__ = ["PROTOCOLS", "DEFAULT_PARAMS", "LITERATURE_PARAMS", "PRESETS", "DICE_AT_DEFAULTS", "NoiseModel", "parse_noise"]
+__all__ = ["PROTOCOLS", "DEFAULT_PARAMS", "LITERATURE_PARAMS", "PRESETS", "DICE_AT_DEFAULTS", "NoiseModel",
+           "parse_noise"]
 
 PROTOCOLS = ("none", "mt", "sp", "markov", "flip")
 
@@ -248,11 +275,13 @@ def _make_params(proto: str, given: Mapping[str, Any]) -> dict:
     if not isinstance(preset, str) or preset.strip().lower() not in presets:
         raise ValueError(f"noise {proto!r}: unknown preset {preset!r}; valid: {', '.join(presets)}")
     params = dict(presets[preset.strip().lower()])
+    by_lower = {k.lower(): k for k in schema}  # parameter names are case-insensitive ("t" = "T")
     for key, value in given.items():
-        if key not in schema:
-            valid = ", ".join(list(schema) + ["preset"]) if schema else "none"
+        name = by_lower.get(key.lower()) if isinstance(key, str) else None
+        if name is None:
+            valid = ", ".join(list(schema) + ["preset"])
             raise ValueError(f"noise {proto!r}: unknown parameter {key!r}; valid parameters: {valid}")
-        params[key] = schema[key].convert(proto, key, value)
+        params[name] = schema[name].convert(proto, name, value)
     if proto == "mt" and params["side_min"] > params["side_max"]:
         raise ValueError(f"noise 'mt': side_min={params['side_min']} > side_max={params['side_max']}")
     return params
@@ -282,7 +311,9 @@ def _parse_single(spec: Any) -> tuple[str, dict]:
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise ValueError(f"noise {proto!r}: bad parameter item {item.strip()!r}; expected 'param=value' "
-                                 f"(valid parameters: {', '.join(list(_SCHEMA[proto]) + ['preset']) or 'none'})")
+                                 f"(valid parameters: {', '.join(list(_SCHEMA[proto]) + ['preset'])})")
+            if key.strip() in given:
+                raise ValueError(f"noise {proto!r}: parameter {key.strip()!r} given twice in {spec!r}")
             given[key.strip()] = value.strip()
     return proto, _make_params(proto, given)
 
@@ -387,16 +418,17 @@ class NoiseModel:
             return parts[0]
         if len(set(self.weights)) == 1:
             return "+".join(parts)
-        return "+".join(f"{w:.6g}*{p}" for w, p in zip(self.weights, parts))
+        return "+".join(f"{w:.10g}*{p}" for w, p in zip(self.weights, parts))
 
     def __repr__(self) -> str:
         return f"NoiseModel({self.name!r})"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, NoiseModel) and self.components == other.components and self.weights == other.weights
+        return (isinstance(other, NoiseModel) and self.components == other.components
+                and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(self.weights, other.weights)))
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return hash(tuple(p for p, _ in self.components))
 
     def __call__(self, truth: torch.Tensor, keys: torch.Tensor, noise_ratio: float = 1.0):
         """truth (B,D,H,W) bool, keys (B,) int64 -> (noisy (B,D,H,W) bool, corrupted (B,) bool).
@@ -426,7 +458,8 @@ class NoiseModel:
         root = rng.substream(keys, _TAG_NOISE)
         u = rng.params(root, _T_SELECT, 2)
         selected = u[:, 0] < ratio
-        choice = torch.searchsorted(self._cum.to(u.device), u[:, 1].double(), right=True).clamp_max(len(self.weights) - 1)
+        cum = self._cum.to(u.device)
+        choice = torch.searchsorted(cum, u[:, 1].double(), right=True).clamp_max(len(self.weights) - 1)
         for i, (proto, params) in enumerate(self.components):
             if proto == "none":
                 continue
@@ -519,15 +552,13 @@ def _gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(math.ceil(3.0 * sigma)))
     taps = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-r, r + 1)]
     total = sum(taps)
-    for dim in (1, 2, 3):
-        n = x.shape[dim]
-        idx = torch.arange(-r, n + r, device=x.device).clamp_(0, n - 1)
-        padded = x.index_select(dim, idx)
-        out = padded.narrow(dim, 0, n) * (taps[0] / total)
+    y = F.pad(x.unsqueeze(1), (r, r, r, r, r, r), mode="replicate").squeeze(1)
+    for dim, n in zip((1, 2, 3), x.shape[1:]):
+        out = y.narrow(dim, 0, n) * (taps[0] / total)
         for i in range(1, 2 * r + 1):
-            out.add_(padded.narrow(dim, i, n), alpha=taps[i] / total)
-        x = out
-    return x
+            out.add_(y.narrow(dim, i, n), alpha=taps[i] / total)
+        y = out
+    return y
 
 
 # ----------------------------------------------------------------------------------------
@@ -579,47 +610,50 @@ def _unit_vectors(u_z: torch.Tensor, u_phi: torch.Tensor) -> torch.Tensor:
 
 
 def _rotation(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rodrigues: (b,3) unit axes, (b,) radians -> (b,3,3)."""
+    """Rodrigues, elementwise: (b,3) unit axes, (b,) radians -> (b,3,3) = c I + s [a]x + (1-c) a a^T."""
     x, y, z = axis.unbind(1)
     zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).view(-1, 3, 3)
-    eye = torch.eye(3, dtype=axis.dtype, device=axis.device).expand_as(k)
+    cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).view(-1, 3, 3)
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device)
     s, c = torch.sin(angle).view(-1, 1, 1), torch.cos(angle).view(-1, 1, 1)
-    return eye + s * k + (1.0 - c) * (k @ k)
+    return c * eye + s * cross + (1.0 - c) * axis.unsqueeze(2) * axis.unsqueeze(1)
 
 
 def _affine_to_beta(truth: torch.Tensor, u: torch.Tensor, p: dict, levels: int = 32) -> torch.Tensor:
-    """Rotation about the centroid + translation, scaled by the smallest s in {1/levels..1} hitting beta."""
+    """Rotation about the centroid + translation, scaled by the smallest s in {1/levels..1} hitting beta.
+
+    Everything per row is elementwise or an exact integer sum (no batched matmul whose float
+    rounding could depend on the batch), so a row's warp does not depend on its batch.
+    """
     b, d, h, w = truth.shape
     dev = truth.device
-    x = truth.float()
-    size = x.flatten(1).sum(1)
+    size_i = truth.flatten(1).sum(1)
+    size = size_i.float()
     dims = torch.tensor([d, h, w], dtype=torch.float32, device=dev)
-    marginals = (x.sum((2, 3)), x.sum((1, 3)), x.sum((1, 2)))  # (b, d), (b, h), (b, w)
-    centre = torch.stack([mg @ torch.arange(mg.shape[1], dtype=torch.float32, device=dev) for mg in marginals], 1)
-    centre = centre / size.clamp_min(1.0).unsqueeze(1)
-    centre = torch.where(size.unsqueeze(1) > 0, centre, (dims - 1) / 2)
+    marginals = (truth.sum((2, 3)), truth.sum((1, 3)), truth.sum((1, 2)))  # exact int64 (b, n)
+    moments = torch.stack([(mg * torch.arange(mg.shape[1], device=dev)).sum(1) for mg in marginals], 1)
+    centre = moments.double() / size_i.clamp_min(1).double().unsqueeze(1)
+    centre = torch.where(size_i.unsqueeze(1) > 0, centre.float(), (dims - 1) / 2)
     r_eq = (3.0 * size / (4.0 * math.pi)).pow(1.0 / 3.0)
     angle = (2.0 * u[:, 1] - 1.0) * math.radians(p["max_angle"])
     axis = _unit_vectors(u[:, 2], u[:, 3])
     shift = _unit_vectors(u[:, 4], u[:, 5]) * (p["max_shift"] * r_eq).unsqueeze(1)
     half = ((dims - 1) / 2).clamp_min(0.5)
-    hmat = torch.diag(half)
-    hinv = torch.diag(1.0 / half)
-    src = x.unsqueeze(1)
+    src = truth.float().unsqueeze(1)
+    # normalised output coordinates n = q / half - 1 per axis (align_corners=True), shaped to broadcast
+    base = [torch.arange(n, dtype=torch.float32, device=dev) / half[i] - 1.0 for i, n in enumerate((d, h, w))]
+    base = [base[0].view(1, d, 1, 1), base[1].view(1, 1, h, 1), base[2].view(1, 1, 1, w)]
 
     def warp(s: torch.Tensor) -> torch.Tensor:
-        # output voxel q samples pos = R^T (q - c - s t) + c; in grid_sample's normalised
-        # coordinates n = q / half - 1 (align_corners=True): n_in = A n_out + a with
-        # A = H^-1 R^T H, a = H^-1 (R^T (half - c - s t) + c) - 1, axes then reversed to (w, h, d).
+        # output voxel q samples pos = R^T (q - c - s t) + c. With q = half (n + 1):
+        # n_in = A n_out + a, A = H^-1 R^T H, a = H^-1 (R^T (half - c - s t) + c) - 1.
         rt = _rotation(axis, s * angle).transpose(1, 2)
-        mat = hinv @ rt @ hmat
-        off = hinv @ ((rt @ (half - centre - s.unsqueeze(1) * shift).unsqueeze(2)).squeeze(2) + centre).unsqueeze(2)
-        theta = torch.cat([mat.flip(1).flip(2), off.flip(1) - 1.0], dim=2)  # (b, 3, 4) in (x, y, z) order
-        with warnings.catch_warnings():  # unit-size axes: any coordinate samples index 0, as wanted
-            warnings.simplefilter("ignore", UserWarning)
-            g = F.affine_grid(theta, [b, 1, d, h, w], align_corners=True)
-        out = F.grid_sample(src, g, mode="nearest", padding_mode="border", align_corners=True)
+        mat = rt * half.view(1, 1, 3) / half.view(1, 3, 1)
+        off = ((rt * (half - centre - s.unsqueeze(1) * shift).unsqueeze(1)).sum(2) + centre) / half - 1.0
+        comp = [mat[:, i, 0].view(b, 1, 1, 1) * base[0] + mat[:, i, 1].view(b, 1, 1, 1) * base[1]
+                + mat[:, i, 2].view(b, 1, 1, 1) * base[2] + off[:, i].view(b, 1, 1, 1) for i in range(3)]
+        grid = torch.stack(comp[::-1], dim=-1)  # grid_sample wants (x, y, z) = (w, h, d)
+        out = F.grid_sample(src, grid, mode="nearest", padding_mode="border", align_corners=True)
         return out.squeeze(1) > 0.5
 
     def reaches(m: torch.Tensor) -> torch.Tensor:

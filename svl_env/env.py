@@ -42,7 +42,7 @@ class SVLDRLEnv(gym.Env):
         self._vec._reset_rows(np.array([0]))
         self._needs_reset = False
         obs = self._vec._observe()[0]
-        return self._vec._out(obs), self._squeeze(self._vec._info(self._vec._metrics()))
+        return self._vec._out(obs, fresh=True), self._squeeze(self._vec._info(self._vec._metrics()))
 
     def step(self, action):
         if self._needs_reset and self._vec._state is None:

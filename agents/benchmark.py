@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import csv
 import importlib
-import json
+import importlib.util
 import math
 import platform
 import time
@@ -162,27 +162,38 @@ def plot_metrics(rows: list[dict], path) -> Path:
 
 
 def plot_dice_steps(curves: dict[str, np.ndarray], path) -> Path:
-    """Mean Dice vs truth after each step (95% CI band); step 0 is the annotation."""
+    """Left: mean Dice vs truth after each step (95% CI band; step 0 is the annotation).
+    Right: the paired gain over the annotation (Dice_t - Dice_0), whose CI is free of the
+    case-to-case spread that all policies share."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # tab20's dark then light shades, greys left out: grey is the oracle's (dashed)
+    tab = plt.get_cmap("tab20").colors
+    palette = [tab[i] for i in list(range(0, 20, 2)) + list(range(1, 20, 2)) if i not in (14, 15)]
+    others = [p for p in curves if p != ORACLE_NAME]
     for pol, c in curves.items():
         c = np.asarray(c, dtype=float)
-        stats = [E.mean_ci(c[:, t]) for t in range(c.shape[1])]
-        m = np.array([s[0] for s in stats])
-        h = np.nan_to_num(np.array([s[1] for s in stats]))
-        x = np.arange(c.shape[1])
-        style = dict(ls="--", color="#777777") if pol == ORACLE_NAME else {}
-        line, = ax.plot(x, m, marker="o", ms=3, label=pol, **style)
-        ax.fill_between(x, m - h, m + h, alpha=0.12, color=line.get_color())
-    ax.set_xlabel("step within the episode (0 = annotation)")
-    ax.set_ylabel("Dice vs truth")
-    ax.set_title("Dice across the steps of an episode (mean, 95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        style = dict(ls="--", color="#777777") if pol == ORACLE_NAME else \
+            dict(color=palette[others.index(pol) % len(palette)])
+        for ax, data in zip(axes, (c, c - c[:, :1])):
+            stats = [E.mean_ci(data[:, t]) for t in range(data.shape[1])]
+            m = np.array([s[0] for s in stats])
+            h = np.nan_to_num(np.array([s[1] for s in stats]))
+            x = np.arange(data.shape[1])
+            line, = ax.plot(x, m, marker="o", ms=3, label=pol, **style)
+            ax.fill_between(x, m - h, m + h, alpha=0.1, color=line.get_color())
+    axes[0].set_ylabel("Dice vs truth")
+    axes[1].set_ylabel("Dice gain over the annotation")
+    axes[1].axhline(0, color="k", lw=0.8)
+    for ax in axes:
+        ax.set_xlabel("step within the episode (0 = annotation)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Dice across the steps of an episode (mean, 95% CI)", fontsize=10)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -211,7 +222,7 @@ def plot_overlay(case: dict[str, dict], episode: int, path) -> Path:
                if pol not in (ORACLE_NAME,)]
     ncol = min(6, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 2.5 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 2.9 * nrow), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (title, m, sub) in zip(axes.ravel(), panels):
@@ -255,8 +266,6 @@ def load_custom(spec: str, **kwargs):
     mod_name, attr = spec.rsplit(":", 1)
     try:
         if mod_name.endswith(".py"):
-            import importlib.util
-
             path = Path(mod_name)
             if not path.is_file():
                 raise FileNotFoundError(f"custom agent file not found: {path}")
@@ -379,13 +388,11 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         check_policy(p)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # Fail on a bad environment before spending minutes on training.
-    from svl_env import SVLDRLVectorEnv
-
-    probe = SVLDRLVectorEnv(1, **env_kwargs)
-    if not probe.source.has_truth:
+    # Fail on a bad environment before spending minutes on training; the evaluation env's
+    # source remembers its volumes, so the policies after the first skip phantom generation.
+    eval_kwargs = E.memo_env_kwargs(env_kwargs)
+    if not eval_kwargs["data"].has_truth:
         raise ValueError("the benchmark scores against the truth: it needs phantoms or a folder with --labels clean")
-    probe.close()
 
     # ---- build the policy list (train first: evaluation then runs back to back)
     built, training = [], {}
@@ -421,7 +428,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     t_eval = time.perf_counter()
     for pol, name in zip(tqdm(built, desc="benchmark", disable=not progress), names):
         sink: dict = {}
-        recs, curve = E.run_episodes(pol, env_kwargs, episodes, seed, batch_size=batch_size, progress=progress,
+        recs, curve = E.run_episodes(pol, eval_kwargs, episodes, seed, batch_size=batch_size, progress=progress,
                                      desc=f"eval {name}", masks_sink=sink, mask_episodes=keep)
         records += recs
         curves[name] = curve
@@ -483,7 +490,8 @@ def _pick_overlay_cases(sink: dict, n: int) -> list[int]:
 
 
 def _notes(env_kwargs, episodes, seed, training) -> list[str]:
-    env = ", ".join(f"{k}={v}" for k, v in env_kwargs.items()) or "defaults (phantom, 32^3, default noise)"
+    env = ", ".join(f"{k}={v}" for k, v in env_kwargs.items() if v is not None and k != "device")
+    env = (env or "defaults") + ("" if env_kwargs.get("noise") else " (default noise of the data)")
     notes = [f"Environment: {env}. Episodes: seeds {seed}..{seed + episodes - 1}."]
     for name, t in training.items():
         if "checkpoint" in t:

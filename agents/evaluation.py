@@ -7,6 +7,8 @@ the policy and the batch size: every policy sees the same volumes and the same n
 from __future__ import annotations
 
 import csv
+import dataclasses
+import inspect
 import json
 import math
 import time
@@ -23,6 +25,55 @@ from svl_env import metrics as M
 PER_CASE_FIELDS = ("policy", "episode", "case", "corrupted", "dice", "iou", "hd95", "asd", "continuity",
                    "n_components", "dice_annotation", "iou_annotation", "hd95_annotation", "asd_annotation",
                    "continuity_annotation", "dice_gain", "seconds")
+
+
+class MemoSource:
+    """A volume source that remembers what it sampled, keyed by (episode keys, patch shape).
+
+    Every policy of a benchmark resets the same seeded episodes, and generating a phantom
+    costs more than the whole episode of a heuristic: the first policy pays, the others
+    reuse. Holds at most ``max_bytes`` of tensors (then samples without remembering).
+    Returns clones, so an env can never alter the remembered patches.
+    """
+
+    def __init__(self, inner, max_bytes: int = 512 * 2 ** 20):
+        self.inner = inner
+        self.has_truth = inner.has_truth
+        self.has_annotation = inner.has_annotation
+        self.max_bytes = int(max_bytes)
+        self._cache: dict = {}
+        self._bytes = 0
+
+    def __repr__(self) -> str:
+        return f"MemoSource({self.inner!r}, {len(self._cache)} batches)"
+
+    def sample(self, keys, patch_shape):
+        key = (tuple(keys.tolist()), tuple(patch_shape), str(keys.device))
+        batch = self._cache.get(key)
+        if batch is None:
+            batch = self.inner.sample(keys, patch_shape)
+            size = sum(t.numel() * t.element_size() for t in (batch.image, batch.truth, batch.annotation)
+                       if t is not None)
+            if self._bytes + size > self.max_bytes:
+                return batch
+            self._cache[key] = batch
+            self._bytes += size
+        return dataclasses.replace(batch, **{f: getattr(batch, f).clone() for f in ("image", "truth", "annotation",
+                                                                                    "spacing")
+                                             if getattr(batch, f) is not None}, names=list(batch.names))
+
+
+def memo_env_kwargs(env_kwargs: dict) -> dict:
+    """``env_kwargs`` whose data source remembers its samples (``MemoSource``): pass the result
+    to every ``run_episodes`` call that should share volumes. Data options (phantom families,
+    folder labels, ...) are resolved into the source here."""
+    params = set(inspect.signature(SVLDRLVectorEnv.__init__).parameters) - {"self", "data_options", "num_envs"}
+    env_kw = {k: v for k, v in env_kwargs.items() if k in params}
+    probe = SVLDRLVectorEnv(1, **env_kwargs)  # builds the source exactly as the env would (and validates)
+    source = probe.source
+    probe.close()
+    env_kw["data"] = source if isinstance(source, MemoSource) else MemoSource(source)
+    return env_kw
 
 
 def run_episodes(policy, env_kwargs: dict, episodes: int, seed: int, *, batch_size: int = 8,
@@ -93,7 +144,7 @@ def _case_records(name, start, count, env, s, info, seconds) -> list[dict]:
     names = env.case_names
     out = []
     for j in range(count):
-        rec = {"policy": name, "episode": start + j, "case": names[j], "corrupted": bool(s["corrupted"][j])}
+        rec = {"policy": name, "episode": start + j, "case": names[j], "corrupted": bool(info["corrupted"][j])}
         rec.update({k: float(v[j]) for k, v in cols.items()})
         rec["n_components"] = int(rec["n_components"])
         rec["dice_gain"] = rec["dice"] - rec["dice_annotation"]

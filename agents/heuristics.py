@@ -183,15 +183,20 @@ class IntensityRefiner(MaskRefiner):
     annotation: the tissue the structure borders, not the whole patch). Then, inside the band
     of +-``band`` voxels around the annotation boundary -- where annotation errors live --
     every voxel takes the class of higher posterior (class priors = their volumes in the
-    band's neighbourhood, as fitted); outside the band the annotation is kept. A final
-    3x3x3 majority pass removes single-voxel speckle. Cases with an empty (or full)
-    annotation are left unchanged: there is nothing to fit.
+    band's neighbourhood, as fitted); outside the band the annotation is kept. ``smooth``
+    adds a 3x3x3 majority pass inside the band. Cases with an empty (or full) annotation are
+    left unchanged: there is nothing to fit.
+
+    Defaults (band 1, core 2, shell 5, raw image, no smoothing) were chosen on 48 phantom
+    episodes with seeds 5000.. (not the benchmark's 0..) under the default ``mt`` noise
+    (cube sides 2..4, i.e. boundary errors of 1-2 voxels): Dice 0.55 -> 0.67 there. A wider
+    band suits stronger noise (``band=3`` for ``mt:side_max=7``).
 
     All cases are fitted at once with masked sums over (B, V): no loop over cases or voxels.
     """
 
-    def __init__(self, band: int = 3, core: int = 1, shell: int = 3, feature: str = "image_mean3",
-                 smooth: bool = True, **kw):
+    def __init__(self, band: int = 1, core: int = 2, shell: int = 5, feature: str = "image",
+                 smooth: bool = False, **kw):
         super().__init__(**kw)
         if feature not in self.channel_names:
             raise ValueError(f"feature channel {feature!r} not in {self.channel_names}")

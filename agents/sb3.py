@@ -13,10 +13,10 @@ design choices (per-voxel mean log-prob and entropy, "keep"-biased initial polic
 Run folder (``out``), the same layout as ``svl-drl train --agent va3c``::
 
     config.json        algo, env_kwargs, hyper-parameters, seed
-    model.zip          the final model (SB3's own zip format)
-    checkpoints/       periodic model zips (ppo_<timesteps>.zip)
+    model.zip          the model (SB3's own zip format): rewritten atomically every
+                       ``checkpoint_every`` updates and at the end -- what ``--resume`` continues
     metrics.csv        one row per update: SB3's train/* and rollout/* plus episode Dice
-    tb/                TensorBoard event files
+    events.out.tfevents.*   TensorBoard scalars (``tensorboard --logdir RUN``)
 
 SECURITY: SB3 zips contain pickled Python objects (cloudpickle); loading one can run
 arbitrary code. Load only zips from a trusted source (your own runs). The project's own
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
@@ -49,11 +48,14 @@ from .sb3_policy import VoxelActorCriticPolicy
 
 ALGOS = {"ppo": PPO, "a2c": A2C}
 POLICY_KEYS = ("backbone", "width", "depth", "keep_bias", "reduction")
-#: Defaults tuned for 5-step episodes of 32^3 patches on a CPU: short rollouts (one or two
-#: episodes per env), small minibatches (a 3D U-Net's activations at 32^3 cost ~100 MB per
-#: sample in backward), PixelRL's gamma = 0.95 and per-voxel entropy beta = 0.01.
+#: Defaults tuned for 5-step episodes of 32^3 patches on a CPU: rollouts of one episode per
+#: env (n_steps = max_steps = 5); small minibatches (a 3D U-Net's activations at 32^3 cost
+#: ~40 MB per sample in backward: peak RSS 1.3 GB at 20, 2.1 GB at 40, see
+#: benchmarks/sb3_memory.py); 2 PPO epochs (each epoch is a full forward-backward of the
+#: rollout: with 3 epochs of 10 steps one update took > 2 minutes on 2 cores); PixelRL's
+#: gamma = 0.95 and per-voxel entropy beta = 0.01.
 DEFAULTS = {
-    "ppo": dict(learning_rate=3e-4, n_steps=10, batch_size=16, n_epochs=3, gamma=0.95, gae_lambda=0.95,
+    "ppo": dict(learning_rate=3e-4, n_steps=5, batch_size=20, n_epochs=2, gamma=0.95, gae_lambda=0.95,
                 ent_coef=0.01, vf_coef=0.5, clip_range=0.2, max_grad_norm=0.5),
     "a2c": dict(learning_rate=7e-4, n_steps=5, gamma=0.95, gae_lambda=1.0, ent_coef=0.01, vf_coef=0.5,
                 max_grad_norm=0.5),
@@ -176,7 +178,7 @@ class TrainingCallback(BaseCallback):
       update's duration), or at the latest when the budget is spent.
     - logs the finished episodes' final Dice vs truth (``rollout/dice_clean``), gain over the
       annotation (``rollout/dice_gain``) and Dice vs the reward target (``rollout/dice``).
-    - every ``checkpoint_every`` updates: ``checkpoints/<algo>_<timesteps>.zip``.
+    - every ``checkpoint_every`` updates: ``model.zip`` in the run folder (atomic rewrite).
     """
 
     def __init__(self, *, minutes: float | None, total_timesteps: int | None, progress: bool,
@@ -207,7 +209,7 @@ class TrainingCallback(BaseCallback):
             self._last_iter = now - self._t_iter
         self._t_iter = now
         if self.updates and self.every and self.run_dir is not None and self.updates % self.every == 0:
-            save_model(self.model, self.run_dir / "checkpoints" / f"{self.algo}_{self.num_timesteps}.zip")
+            save_model(self.model, self.run_dir / "model.zip")
         if self.budget is not None and (now - self._t0) + self._last_iter > self.budget and self.updates:
             self._stop = True  # the next update would overrun the budget: stop before spending it
 
@@ -270,10 +272,10 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
         minutes / timesteps: budget (wall clock, env steps = n_envs x steps); both None ->
             ``DEFAULT_UPDATES`` updates. With both, whichever ends first.
         seed: seeds the network, SB3's sampling and the environments (env i: seed + i).
-        out: run folder (config.json, model.zip, checkpoints/, metrics.csv, tb/) or None.
+        out: run folder (config.json, model.zip, metrics.csv, TensorBoard events) or None.
         num_envs: environments stepped together.
         resume: a run folder or model zip to continue (``out`` defaults to its folder).
-        checkpoint_every: updates between checkpoints in ``out/checkpoints``.
+        checkpoint_every: updates between rewrites of ``out/model.zip``.
         obs_dtype: float32 or float16 observations in the rollout buffer.
         **config: SB3 hyper-parameters (learning_rate, n_steps, batch_size, n_epochs, gamma,
             gae_lambda, ent_coef, vf_coef, clip_range, max_grad_norm, ...) and policy options
@@ -289,7 +291,7 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
     device = str(env_kwargs.get("device", "cpu"))
     resume_zip = _resume_zip(resume) if resume is not None else None
     if out is None and resume_zip is not None:
-        out = resume_zip.parent.parent if resume_zip.parent.name == "checkpoints" else resume_zip.parent
+        out = resume_zip.parent
     run_dir = Path(out) if out is not None else None
 
     venv = SB3VecEnv(env_kwargs, num_envs, obs_dtype=obs_dtype)
@@ -297,24 +299,30 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
     if timesteps is None and minutes is None:
         timesteps = DEFAULT_UPDATES * n_steps * venv.num_envs
     total = int(timesteps) if timesteps is not None else 10 ** 12  # wall-clock budget decides
-    if algo == "ppo" and algo_kw.get("batch_size", 64) > n_steps * venv.num_envs:
-        algo_kw["batch_size"] = n_steps * venv.num_envs  # SB3 warns and truncates otherwise
+    if algo == "ppo":
+        # SB3 warns and leaves a truncated minibatch unless the batch divides the rollout size:
+        # take the largest divisor of n_steps * n_envs not above the requested batch size.
+        size = n_steps * venv.num_envs
+        want = min(int(algo_kw.get("batch_size", 64)), size)
+        algo_kw["batch_size"] = max(d for d in range(1, want + 1) if size % d == 0)
 
     if resume_zip is not None:
+        if detect_algo(resume_zip) != algo:
+            raise ValueError(f"{resume_zip} is a {detect_algo(resume_zip)} model, not {algo}")
         model = ALGOS[algo].load(str(resume_zip), env=venv, device=device,
                                  custom_objects={"policy_class": VoxelActorCriticPolicy})
     else:
-        model = ALGOS[algo](VoxelActorCriticPolicy, venv, policy_kwargs=pol_kw, seed=seed, device=device,
+        model = ALGOS[algo](VoxelActorCriticPolicy, venv, policy_kwargs=dict(pol_kw), seed=seed, device=device,
                             verbose=0, **algo_kw)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg = {"agent": algo, "env_kwargs": _jsonable(env_kwargs), "seed": seed, "num_envs": venv.num_envs,
-               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": pol_kw, "minutes": minutes, "timesteps": timesteps,
+               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
                "note": TRUST_NOTE}
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
         model.set_logger(Logger(str(run_dir), [MetricsCSV(run_dir / "metrics.csv", append=resume_zip is not None),
-                                               TensorBoardOutputFormat(str(run_dir / "tb"))]))
+                                               TensorBoardOutputFormat(str(run_dir))]))
     else:
         model.set_logger(Logger(None, []))
 
@@ -337,13 +345,9 @@ def _resume_zip(resume) -> Path:
         return p
     if not p.is_dir():
         raise FileNotFoundError(f"run to resume not found: {p}")
-    if (p / "model.zip").is_file():
-        return p / "model.zip"
-    ckpts = sorted((p / "checkpoints").glob("*.zip"), key=lambda q: int(q.stem.rsplit("_", 1)[-1])
-                   if q.stem.rsplit("_", 1)[-1].isdigit() else -1)
-    if not ckpts:
-        raise FileNotFoundError(f"no model.zip or checkpoints/*.zip in {p}")
-    return ckpts[-1]
+    if not (p / "model.zip").is_file():
+        raise FileNotFoundError(f"no model.zip in {p} (nothing to resume)")
+    return p / "model.zip"
 
 
 def _jsonable(d: dict) -> dict:
@@ -354,7 +358,7 @@ def train_from_args(args: argparse.Namespace) -> Path:
     """``svl-drl train --agent ppo|a2c``: train and return the run folder.
 
     ``--updates`` counts PPO/A2C updates (one rollout of n_steps x num_envs env steps each).
-    ``--resume RUN`` continues RUN (its model.zip or latest checkpoint) into the same folder.
+    ``--resume RUN`` continues RUN (its model.zip: the last checkpoint) into the same folder.
     SB3 zips contain pickles: resume only runs from a trusted source.
     """
     from .envargs import env_kwargs as make_env_kwargs

@@ -5,7 +5,8 @@ Two pieces:
 ``VoxelCategorical`` -- one categorical distribution per voxel, computed as ONE batched
 ``torch.distributions.Categorical`` over logits of shape (B, V, K) (V = D*H*W voxels, K
 actions). SB3's own ``MultiCategoricalDistribution`` splits the logits into V separate
-Categorical objects (a Python loop over 32768 voxels at 32^3, ~90x slower); never use it here.
+Categorical objects (a Python loop over 32768 voxels at 32^3: log-prob + entropy + backward
++ sample of a batch of 8 took 24.8 s against 0.39 s here, 64x); never use it here.
 
 ``VoxelActorCriticPolicy`` -- an SB3 ``ActorCriticPolicy`` whose features extractor is the
 project's shared 3D backbone (``agents.networks.make_backbone``): per-voxel features

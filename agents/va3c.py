@@ -13,8 +13,9 @@ all of them, outputs K action logits and a value per voxel. Training runs the pa
    (keep and set_foreground on a correct foreground voxel): the cross-entropy is on the
    *outcome* (the marginal over right actions), never on one arbitrary action. States come from
    greedy rollouts of the current policy (DAgger-style: the states the deterministic policy
-   will meet), each rollout reused for ``warmup_reuse`` gradient steps with random flips /
-   axis permutations, because a phantom reset costs more than a forward-backward pass.
+   will meet), each rollout reused for ``warmup_reuse`` gradient steps on random minibatches
+   of its states with random flips / axis permutations: collecting a batch of episodes (reset +
+   max_steps forward passes and env steps) costs about as much as several gradient steps.
 2. **value** -- ``(sup_coef) L_sup + value_coef L_value``: the critic learns returns of the
    warmed-up policy before it drives the policy (the paper's Transition stage).
 3. **policy** -- ``sup_coef L_sup + value_coef L_value + policy_coef L_pg + mac_coef L_mac``.
@@ -31,6 +32,10 @@ With ``action_rewards=True`` the env also returns what each action would have ea
 voxel (``info["action_rewards"]``, (B, K, D, H, W)); the all-action (mean actor-critic) term
 ``L_mac = -Σ_a π_a · Q_a`` with ``Q = reward_scale · action_rewards`` is an exact, zero-variance
 policy gradient of the immediate reward (no sampled action in it).
+
+Initialisation: the policy head's "keep" logit starts at ``keep_bias`` (2.0), so the untrained
+policy is the identity (it returns the annotation) instead of a uniform random editor that
+first has to escape its own damage (the failure of a from-scratch PixelRL attempt).
 
 Reward scaling: the per-voxel reward map is tiny (~1e-4: one voxel's share of a patch-level Dice
 change), so ``reward_scale="voxels"`` (default) multiplies it by the patch's voxel count
@@ -74,17 +79,18 @@ STAGES = ("warmup", "value", "policy")
 
 DEFAULT_CONFIG: dict[str, Any] = {
     # network
-    "backbone": "unet", "width": 16, "depth": 3, "convgru": False,
+    "backbone": "unet", "width": 8, "depth": 3, "convgru": False,
+    "keep_bias": 2.0,  # initial logit of "keep": start near the identity policy, not a uniform one
     # rollouts
     "num_envs": 8,
     "t_max": None,  # None = the env's max_steps (one segment per episode)
     "gamma": 0.95,
     # optimiser
-    "lr": 1e-3, "lr_schedule": "poly", "lr_power": 0.9, "lr_min_frac": 0.05, "max_grad_norm": 5.0,
+    "lr": 3e-3, "lr_schedule": "poly", "lr_power": 0.9, "lr_min_frac": 0.05, "max_grad_norm": 5.0,
     "adam_eps": 1e-5,
     # stages (fractions of the budget; a disabled stage takes none, the last enabled stage the rest)
     "warmup": True, "value": True, "policy": True, "warmup_frac": 0.6, "value_frac": 0.1,
-    "warmup_reuse": 4, "warmup_behaviour": "greedy", "augment": True,
+    "warmup_reuse": 6, "warmup_behaviour": "greedy", "augment": True,
     # loss weights
     "sup_dice": 1.0, "sup_ce": 1.0, "sup_coef": 1.0, "value_coef": 0.05, "policy_coef": 0.1,
     "entropy_coef": 0.01, "mac_coef": 0.1,
@@ -190,7 +196,7 @@ def supervised_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tens
     denom = p_fg.sum(dims) + target.sum(dims)
     soft_dice = (2 * inter + 1.0) / (denom + 1.0)
     dl = (1.0 - soft_dice).mean()
-    return w_dice * dl + w_ce * ce, {"sup_dice": float(dl), "sup_ce": float(ce)}
+    return w_dice * dl + w_ce * ce, {"sup_dice": float(dl.detach()), "sup_ce": float(ce.detach())}
 
 
 def gumbel_sample(logits: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
@@ -203,11 +209,11 @@ def gumbel_sample(logits: torch.Tensor, gen: torch.Generator | None) -> torch.Te
     return (logits.detach() + g).argmax(1)
 
 
-def a2c_segment_loss(model: VA3CModel, logps, entropies, values, rewards, bootstrap, gamma: float):
+def a2c_segment_loss(model: VA3CModel, logps, values, rewards, bootstrap, gamma: float):
     """PixelRL's n-step loss over one segment (lists of length T, tensors (B, D, H, W)).
 
-    ``bootstrap``: detached V(s_T) or zeros. Returns (policy loss, value loss, mean |A|)
-    -- the policy loss already includes ``-entropy`` (scaled by the caller via H)."""
+    ``bootstrap``: detached V(s_T) or zeros. Returns (policy loss without the entropy bonus,
+    value loss, mean |A|), each averaged over steps and voxels."""
     R = bootstrap
     pg, vl, adv_abs = 0.0, 0.0, 0.0
     T = len(rewards)
@@ -216,8 +222,8 @@ def a2c_segment_loss(model: VA3CModel, logps, entropies, values, rewards, bootst
         adv = R - values[t]
         pg = pg - (logps[t] * adv.detach()).mean()
         vl = vl + 0.5 * adv.pow(2).mean()
-        adv_abs += float(adv.detach().abs().mean())
-    return pg / T, vl / T, adv_abs / T
+        adv_abs = adv_abs + adv.detach().abs().mean()  # stays on the device; read once by the caller
+    return pg / T, vl / T, float(adv_abs) / T
 
 
 def scale_for(reward_scale, patch_shape) -> float:
@@ -273,24 +279,39 @@ def update_seed(seed: int, *index: int) -> int:
 
 @dataclass
 class Budget:
+    """Training budget; whichever limit is reached first ends the run.
+
+    ``updates``: number of updates; ``minutes``: wall clock; ``cpu_minutes``: CPU time of the
+    training process (sync mode) -- "10 minutes on 2 cores" is ``cpu_minutes=20``, a budget
+    that other programs competing for the same cores do not shrink.
+    """
+
     updates: int | None = None
     minutes: float | None = None
+    cpu_minutes: float | None = None
 
     def __post_init__(self):
-        if self.updates is None and self.minutes is None:
+        if self.updates is None and self.minutes is None and self.cpu_minutes is None:
             self.updates = 200
         if self.updates is not None and int(self.updates) < 1:
             raise ValueError(f"updates must be >= 1, got {self.updates!r}")
-        if self.minutes is not None and not float(self.minutes) > 0:
-            raise ValueError(f"minutes must be > 0, got {self.minutes!r}")
+        for k in ("minutes", "cpu_minutes"):
+            v = getattr(self, k)
+            if v is not None and not float(v) > 0:
+                raise ValueError(f"{k} must be > 0, got {v!r}")
 
-    def progress(self, update: int, elapsed_s: float) -> float:
+    def progress(self, update: int, elapsed_s: float, cpu_s: float = 0.0) -> float:
         p = 0.0
         if self.updates is not None:
             p = max(p, update / float(self.updates))
         if self.minutes is not None:
             p = max(p, elapsed_s / (60.0 * float(self.minutes)))
+        if self.cpu_minutes is not None:
+            p = max(p, cpu_s / (60.0 * float(self.cpu_minutes)))
         return p
+
+    def as_dict(self) -> dict:
+        return {"updates": self.updates, "minutes": self.minutes, "cpu_minutes": self.cpu_minutes}
 
 
 # --------------------------------------------------------------------------- the learner
@@ -361,7 +382,8 @@ class Learner:
         else:
             m = self._actor_critic(env_seeds, gen, stage)
         m.update(update=u, stage=stage, lr=lr, progress=progress, seconds=time.perf_counter() - t0)
-        m["voxel_updates_per_s"] = m.pop("voxel_updates") / max(m["seconds"], 1e-9)
+        # voxel-agent updates: (voxel, state) pairs that entered a gradient step
+        m["voxel_updates_per_s"] = m["voxel_updates"] / max(m["seconds"], 1e-9)
         return m
 
     # -- warmup: greedy rollouts (no grad), then supervised steps on their states
@@ -408,7 +430,7 @@ class Learner:
                 loss, parts = supervised_loss(logits, mk, g, cfg["sup_dice"], cfg["sup_ce"])
                 n_vox += B * int(np.prod(env.patch_shape))
             gns.append(self._step(loss))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             dls.append(parts["sup_dice"])
             ces.append(parts["sup_ce"])
         return {**ep, "loss": float(np.mean(losses)), "sup_dice": float(np.mean(dls)), "sup_ce": float(np.mean(ces)),
@@ -441,7 +463,7 @@ class Learner:
                 if cfg["sup_coef"] > 0 and self.is_label:
                     sups.append(supervised_loss(logits, mask, target, cfg["sup_dice"], cfg["sup_ce"])[0])
                 obs, reward, _, _, info = env.step(a)
-                reward_sum += float(np.mean(reward.cpu().numpy())) if torch.is_tensor(reward) else float(np.mean(reward))
+                reward_sum = reward_sum + torch.as_tensor(reward).double().mean()
                 rews.append(info["reward_map"].float() * self.scale)
                 if self.use_mac and stage == "policy":
                     q = info["action_rewards"].float() * self.scale
@@ -453,7 +475,7 @@ class Learner:
                 hidden = hidden.detach() if hidden is not None else None
             else:
                 boot = torch.zeros_like(vals[-1])
-            pg, vl, adv_abs = a2c_segment_loss(model, logps, ents, vals, rews, boot.detach(), gamma)
+            pg, vl, adv_abs = a2c_segment_loss(model, logps, vals, rews, boot.detach(), gamma)
             ent = torch.stack([e.mean() for e in ents]).mean()
             sup = torch.stack(sups).mean() if sups else torch.zeros((), device=self.device)
             mac = torch.stack(macs).mean() if macs else torch.zeros((), device=self.device)
@@ -465,10 +487,10 @@ class Learner:
             for k, v in (("loss", loss), ("policy_loss", pg), ("value_loss", vl), ("entropy", ent), ("sup", sup),
                          ("mac", mac), ("adv_abs", adv_abs), ("value", torch.stack([v.mean() for v in vals]).mean()),
                          ("grad_norm", gn)):
-                agg[k].append(float(v))
+                agg[k].append(float(v.detach()) if torch.is_tensor(v) else float(v))
         out = {k: float(np.mean(v)) for k, v in agg.items()}
         out.update(_episode_metrics(info, None))
-        out["episode_reward"] = reward_sum
+        out["episode_reward"] = float(reward_sum)
         out["voxel_updates"] = n_vox
         return out
 
@@ -549,9 +571,7 @@ class VA3CPolicy(Policy):
         """The initial (random-weight) policy of a run with this seed and config."""
         cfg = make_config(**config)
         n_ch, n_act = _env_dims(env_kwargs or {})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = PolicyValueNet(**_net_config(cfg, n_ch, n_act))
+        net = _init_net(cfg, n_ch, n_act, seed)
         return cls(net, {"train": cfg, "net": net.config}, device=device, name="va3c-untrained")
 
     def reset(self, num_envs: int) -> None:
@@ -596,7 +616,8 @@ class VA3CPolicy(Policy):
         try:
             net.load_state_dict(sd)
         except RuntimeError as exc:
-            raise CheckpointError(f"vA3C checkpoint weights do not fit its config ({str(exc).splitlines()[0]})") from None
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(f"vA3C checkpoint weights do not fit its config ({first})") from None
         return cls(net, cfg, device=device)
 
 
@@ -614,6 +635,16 @@ def _env_dims(env_kwargs: dict) -> tuple[int, int]:
     from svl_env import ACTION_SETS, CHANNEL_NAMES
 
     return len(CHANNEL_NAMES), len(ACTION_SETS[env_kwargs.get("action_set", "label")])
+
+
+def _init_net(cfg: dict, in_channels: int, n_actions: int, seed: int) -> PolicyValueNet:
+    """The network of a run: weights from ``seed`` (global RNG untouched), keep-biased policy."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = PolicyValueNet(**_net_config(cfg, in_channels, n_actions))
+    with torch.no_grad():
+        net.policy_head[-1].bias[0] = float(cfg["keep_bias"])  # action 0 is "keep" in both action sets
+    return net
 
 
 def _net_config(cfg: dict, in_channels: int, n_actions: int) -> dict:
@@ -642,38 +673,40 @@ class VA3CRun:
             raise ValueError(f"workers must be >= 0, got {workers!r}")
         self.device = torch.device(self.env_kwargs.get("device", "cpu"))
         n_ch, n_act = _env_dims(self.env_kwargs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
-                                   int(self.cfg["reward_conv_size"])).to(self.device)
+        self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
+                               int(self.cfg["reward_conv_size"]))
+        self.model.net.load_state_dict(_init_net(self.cfg, n_ch, n_act, self.seed).state_dict())
+        self.model.to(self.device)
         self.opt = make_optimizer(self.model, self.cfg)
         self.update = 0  # updates done
         self.elapsed = 0.0  # training seconds done (resumes add to it)
+        self.cpu_elapsed = 0.0  # CPU seconds of this process spent training
         self.history: list[dict] = []
 
     # -- persistence
     def checkpoint_config(self) -> dict:
-        return {"net": self.model.net.config, "train": self.cfg, "env": self.env_json, "seed": self.seed,
-                "workers": self.workers, "budget": {"updates": self.budget.updates, "minutes": self.budget.minutes}}
+        train = {k: v for k, v in self.cfg.items() if k not in _PRIVATE_KEYS}  # test hooks never persist
+        return {"net": self.model.net.config, "train": train, "env": self.env_json, "seed": self.seed,
+                "workers": self.workers, "budget": self.budget.as_dict()}
 
     def save(self, path) -> Path:
         opt_flat, opt_meta = optimizer_tensors(self.opt)
         tensors = {"model": self.model.net.state_dict(), "optimizer": opt_flat}
         if self.model.reward_conv is not None:
             tensors["reward_conv"] = self.model.reward_conv.state_dict()
-        meta = {"update": self.update, "elapsed": self.elapsed, "optimizer": opt_meta}
+        meta = {"update": self.update, "elapsed": self.elapsed, "cpu_elapsed": self.cpu_elapsed, "optimizer": opt_meta}
         return save_checkpoint(path, KIND, self.checkpoint_config(), tensors, meta)
 
     @classmethod
     def resume(cls, path, *, updates: int | None = None, minutes: float | None = None,
-               workers: int | None = None) -> "VA3CRun":
+               cpu_minutes: float | None = None, workers: int | None = None) -> "VA3CRun":
         ck = load_checkpoint(resolve_checkpoint(path), KIND)
         cfg, meta = ck["config"], ck["meta"]
         if "train" not in cfg or "update" not in meta or "optimizer" not in ck["tensors"]:
             raise CheckpointError(f"{path}: a policy-only vA3C checkpoint cannot be resumed (no training state)")
         b = cfg["budget"]
-        if updates is not None or minutes is not None:
-            b = {"updates": updates, "minutes": minutes}
+        if updates is not None or minutes is not None or cpu_minutes is not None:
+            b = {"updates": updates, "minutes": minutes, "cpu_minutes": cpu_minutes}
         run = cls(cfg["env"], budget=Budget(**b), seed=cfg["seed"],
                   workers=cfg.get("workers", 0) if workers is None else workers, config=cfg["train"])
         run.model.net.load_state_dict(ck["tensors"]["model"])
@@ -681,6 +714,7 @@ class VA3CRun:
             run.model.reward_conv.load_state_dict(ck["tensors"]["reward_conv"])
         load_optimizer_tensors(run.opt, ck["tensors"]["optimizer"], meta["optimizer"])
         run.update, run.elapsed = int(meta["update"]), float(meta["elapsed"])
+        run.cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
         return run
 
     def policy(self) -> VA3CPolicy:
@@ -689,12 +723,14 @@ class VA3CRun:
         return VA3CPolicy(net, {"net": net.config, "train": self.cfg, "env": self.env_json}, device=self.device)
 
     def done(self) -> bool:
-        return self.budget.progress(self.update, self.elapsed) >= 1.0
+        return self.budget.progress(self.update, self.elapsed, self.cpu_elapsed) >= 1.0
 
     # -- training
     def run(self, hooks: list[Callable[[dict], None]] = (), checkpoint_every: int = 0,
             checkpoint_path: Path | None = None) -> None:
         if self.workers > 0:
+            if self.budget.cpu_minutes is not None:
+                raise ValueError("a cpu_minutes budget applies to the synchronous mode only; use minutes or updates")
             return self._run_async(hooks, checkpoint_every, checkpoint_path)
         return self._run_sync(hooks, checkpoint_every, checkpoint_path)
 
@@ -706,12 +742,13 @@ class VA3CRun:
         with _torch_settings(self.device, cfg):
             try:
                 while not self.done():
-                    t0 = time.perf_counter()
-                    p = self.budget.progress(self.update, self.elapsed)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    p = self.budget.progress(self.update, self.elapsed, self.cpu_elapsed)
                     m = learner.update(self.update, p, update_seed(self.seed, self.update))
                     self.update += 1
                     self.elapsed += time.perf_counter() - t0
-                    m["elapsed"] = self.elapsed
+                    self.cpu_elapsed += time.process_time() - c0
+                    m["elapsed"], m["cpu_elapsed"] = self.elapsed, self.cpu_elapsed
                     self.history.append(m)
                     for h in hooks:
                         h(m)
@@ -732,20 +769,23 @@ class VA3CRun:
         stop = ctx.Event()
         q = ctx.Queue()
         threads = self.cfg["threads"] or max(1, (os.cpu_count() or 2) // self.workers)
-        deadline = None
+        deadline, budget_s = None, None
         if self.budget.minutes is not None:
-            deadline = time.time() + 60.0 * float(self.budget.minutes) - self.elapsed
+            budget_s = 60.0 * float(self.budget.minutes)
+            deadline = time.time() + budget_s - self.elapsed
         procs = []
         t_start = time.perf_counter()
         elapsed0 = self.elapsed
         for w in range(self.workers):
             p = ctx.Process(target=_async_worker, name=f"va3c-worker-{w}",
                             args=(w, self.model, shared_state, self.cfg, self.env_kwargs, self.seed,
-                                  self.budget.updates, deadline, elapsed0, counter, stop, q, int(threads)),
+                                  self.budget.updates, deadline, budget_s, elapsed0, counter, stop, q, int(threads)),
                             daemon=True)
             p.start()
             procs.append(p)
         error = None
+        update0 = self.update
+        completed = 0
         last_ckpt = self.update
         try:
             while True:
@@ -757,7 +797,8 @@ class VA3CRun:
                     kind = msg[0]
                     if kind == "metrics":
                         m = msg[2]
-                        self.update = max(self.update, int(m["update"]) + 1)
+                        completed += 1
+                        self.update = update0 + completed  # updates finished (they may finish out of order)
                         self.elapsed = elapsed0 + time.perf_counter() - t_start
                         m["elapsed"], m["worker"] = self.elapsed, msg[1]
                         self.history.append(m)
@@ -790,20 +831,20 @@ class VA3CRun:
                     break
         finally:
             stop.set()
-            for p in procs:
-                p.join(timeout=10)
-            for p in procs:
+            if error is None:  # normal end: let workers finish their update and exit cleanly
+                for p in procs:
+                    p.join(timeout=60)
+            for p in procs:  # failure (or a worker stuck): stop the rest now, never hang
                 if p.is_alive():
                     p.terminate()
                     p.join(timeout=5)
-            self.update = max(self.update, counter.value)
             self.elapsed = elapsed0 + time.perf_counter() - t_start
         if error is not None:
             raise RuntimeError(error)
 
 
-def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates, deadline, elapsed0, counter,
-                  stop, q, threads):
+def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates, deadline, budget_s, elapsed0,
+                  counter, stop, q, threads):
     """One A3C actor-learner process: own envs and seed, shared model and Adam state (Hogwild)."""
     try:
         torch.set_num_threads(threads)
@@ -815,22 +856,21 @@ def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates
         learner = Learner(model, opt, env, cfg)
         budget = Budget(total_updates, None) if total_updates is not None else None
         t_start = time.time()
-        minutes_total = None if deadline is None else (deadline - t_start) + elapsed0
         local = 0
         while not stop.is_set():
             with counter.get_lock():
                 u = counter.value
-                counter.value += 1
+                if budget is not None and u >= total_updates:
+                    break
+                counter.value += 1  # claim update u (its index sets the stage and lr)
             p = 0.0
             if budget is not None:
-                if u >= total_updates:
-                    break
                 p = u / float(total_updates)
             if deadline is not None:
                 now = time.time()
                 if now >= deadline:
                     break
-                p = max(p, (elapsed0 + now - t_start) / max(minutes_total, 1e-9))
+                p = max(p, (elapsed0 + now - t_start) / budget_s)
             if cfg.get("_crash_after") is not None and wid == 0 and local >= int(cfg["_crash_after"]):
                 if cfg.get("_crash_mode") == "exit":
                     os._exit(3)

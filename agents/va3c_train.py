@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write
 from .va3c import Budget, VA3CPolicy, VA3CRun
 
-METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "loss", "sup_dice", "sup_ce", "sup",
+METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "loss", "sup_dice", "sup_ce",
+                 "sup",
                  "value_loss", "policy_loss", "mac", "entropy", "adv_abs", "value", "grad_norm", "episode_reward",
                  "dice_clean", "dice_annotation_clean", "dice", "voxel_updates_per_s", "worker")
 
@@ -35,11 +36,12 @@ METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "los
 class MetricsCSV:
     """Appends one row per update; on resume keeps only the rows before the resumed step."""
 
-    def __init__(self, path: Path, keep_below: int | None = None):
+    def __init__(self, path: Path, keep_below: int | None = None, source: Path | None = None):
         self.path = Path(path)
+        source = Path(source) if source is not None else self.path
         rows = []
-        if keep_below is not None and self.path.is_file():
-            with open(self.path, newline="") as fh:
+        if keep_below is not None and source.is_file():
+            with open(source, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if r.get("update", "").isdigit()
                         and int(r["update"]) < keep_below]
         self.fh = open(self.path, "w", newline="")
@@ -75,15 +77,18 @@ class _TensorBoard:
 class _Bar:
     def __init__(self, run: VA3CRun, enabled: bool):
         b = run.budget
-        self.by_updates = b.updates is not None and b.minutes is None
-        total = b.updates if self.by_updates else int(round(60 * b.minutes))
-        initial = run.update if self.by_updates else min(int(run.elapsed), total)
+        self.by_updates = b.minutes is None and b.cpu_minutes is None
+        self.key = "elapsed" if b.minutes is not None else "cpu_elapsed"
+        minutes = b.minutes if b.minutes is not None else b.cpu_minutes
+        total = b.updates if self.by_updates else int(round(60 * minutes))
+        initial = run.update if self.by_updates else min(int(run.elapsed if self.key == "elapsed" else run.cpu_elapsed),
+                                                          total)
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc="vA3C",
                         unit="upd" if self.by_updates else "s", dynamic_ncols=True)
         self.pos = initial
 
     def __call__(self, m: dict) -> None:
-        new = int(m["update"]) + 1 if self.by_updates else min(int(m["elapsed"]), self.bar.total)
+        new = int(m["update"]) + 1 if self.by_updates else min(int(m.get(self.key, 0)), self.bar.total)
         if new > self.pos:
             self.bar.update(new - self.pos)
             self.pos = new
@@ -98,16 +103,21 @@ class _Bar:
 
 def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int | None = None, seed: int = 0,
                  workers: int = 0, out=None, progress: bool = True, resume=None, checkpoint_every: int = 50,
-                 tensorboard: bool = True, **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
+                 tensorboard: bool = True, cpu_minutes: float | None = None,
+                 **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
     """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object)."""
+    resume_dir = None
     if resume is not None:
-        run = VA3CRun.resume(resume, updates=updates, minutes=minutes, workers=workers if workers else None)
-        if out is None:
-            from .va3c import resolve_checkpoint
+        from .va3c import resolve_checkpoint
 
-            out = resolve_checkpoint(resume).parent
+        resume_dir = resolve_checkpoint(resume).parent
+        run = VA3CRun.resume(resume, updates=updates, minutes=minutes, cpu_minutes=cpu_minutes,
+                             workers=workers if workers else None)
+        if out is None:
+            out = resume_dir
     else:
-        run = VA3CRun(env_kwargs, budget=Budget(updates, minutes), seed=seed, workers=workers, config=config)
+        run = VA3CRun(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
+                      config=config)
     out_dir = Path(out) if out is not None else None
     hooks, closers = [], []
     bar = _Bar(run, progress)
@@ -119,7 +129,8 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
         ckpt = out_dir / "checkpoint.pt"
         cfg = {**run.checkpoint_config(), "agent": "va3c"}
         atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
-        mcsv = MetricsCSV(out_dir / "metrics.csv", keep_below=run.update if resume is not None else None)
+        mcsv = MetricsCSV(out_dir / "metrics.csv", keep_below=run.update if resume is not None else None,
+                          source=resume_dir / "metrics.csv" if resume_dir is not None else None)
         hooks.append(mcsv)
         closers.append(mcsv)
         if tensorboard:

@@ -59,8 +59,9 @@ Protocols
     finest grid step, so the overshoot past beta stays small -- and stop at the first step
     with ratio >= beta (or when nothing changes any more). The warp scales angle and
     translation together by s in {1/32, ..., 1} and takes the smallest s that reaches beta
-    (per-row binary search; affine_grid + nearest grid_sample). Li et al.'s alpha (fraction
-    of noisy cases: 0.3/0.5/0.7) is ``noise_ratio``; their beta: 0.5 (default) and 0.7.
+    (per-row binary search; nearest grid_sample on an elementwise-built grid). Li et al.'s
+    alpha (fraction of noisy cases: 0.3/0.5/0.7) is ``noise_ratio``; their beta: 0.5
+    (default) and 0.7.
 ``"markov"`` -- boundary Markov noise (Yao et al., ICLR 2023, "Spatial Correction"; follows
     their generator code): T steps; each step grows the mask with probability ``theta1``
     toward the row's preferred direction (else the other way); every voxel on the active

@@ -35,26 +35,30 @@ a smooth multiplicative bias field and noise. So intensity alone does not give t
 
 Determinism. Row ``b`` depends only on ``keys[b]``, ``shape``, ``families``, ``modalities``,
 bit for bit, whatever the batch: all draws go through ``svl_env.rng`` per row, and every
-full-size operation is a single IEEE-exact op (+, -, *, /, sqrt, min, max, clamp, where, sort).
-Fused or transcendental kernels (exp, sigmoid, addcmul, lerp, interpolate) are avoided on
-purpose: their vectorised and scalar-tail code paths can differ in the last bit, and which
-voxels fall in a tail depends on how the *batch* is split across threads. Per-episode scalars
-(rotations, angles) are computed in float64 so that such differences vanish on rounding.
-Numbers differ between CPU and CUDA but are reproducible on each.
+operation is a single correctly-rounded op (+, -, *, /, sqrt, min, max, clamp, where, sort),
+also for the per-episode scalars (rotations come from normalised Gaussian quaternions, not
+trigonometry; small sums are written out). Fused, transcendental or reducing kernels (exp,
+sigmoid, sin, addcmul, lerp, interpolate, matmul, norm) are avoided on purpose: their
+vectorised and scalar-tail code paths can differ in the last bit, and which elements fall in a
+tail depends on how the *batch* is split across threads. Numbers differ between CPU and CUDA
+but are reproducible on each (the CUDA path is not exercised by the CPU test-suite).
 
 Cost: everything is batched torch on ``keys.device``; fields are drawn on a coarse grid and
 upsampled with a separable linear interpolation, and ellipsoid quadratic forms are assembled
 from three 2D planes, so the full-size work is a few dozen elementwise passes.
 """
 
-# rng tags of this module (all >= 100, so they never meet other modules' tags):
+# rng tags of this module (all >= 100, so they never meet other modules' tags). A family tag T
+# gives uniforms ``rng.params(keys, T, n)`` and normals ``rng.normal(substream(keys, T), (n,))``
+# (different generator seeds, so the two never share numbers):
 #   100 family choice               101 modality choice
 #   110 blob parameters             111 blob surface-displacement field
 #   120 tubular parameters          121 tubular bend (2 per vessel) and radius fields
 #   130 multi parameters            131 multi surface-displacement field
 #   140 hollow parameters           141 hollow displacement and wall-thickness fields
-#   150 intensity parameters        151 background fields (under substreams 0-3: tissue
-#                                     partition, distractor organs, clutter, distractor vessels)
+#   150 intensity parameters (column 23: partial-volume width)
+#   151 background fields, under substreams 0-3 of the key: tissue partition, distractor
+#       organs, clutter, distractor vessels
 #   152 bias field                  153 fine texture field
 #   154 acquisition noise
 
@@ -71,7 +75,7 @@ MODALITIES = ("mr", "ct")
 
 _FRAC_MIN, _FRAC_MAX = 0.04, 0.33  # target foreground fraction band of the level shift
 _N_QUANTILE = 4096  # voxels per row used for per-row quantiles (sorting all is slow)
-_BIG = 1.0e6  # squared-distance offset that puts an inactive component "far away"
+_BIG = 1.0e6  # "far away": offset for inactive components, distance where there is none
 _F64 = torch.float64
 
 
@@ -128,6 +132,7 @@ def _upsample(x: torch.Tensor, shape, step: int) -> torch.Tensor:
 
 
 def _gauss_taps(sigma: float) -> list[float]:
+    """Normalised Gaussian kernel (in grid cells), truncated at 2 sigma."""
     r = max(1, math.ceil(2.0 * sigma))
     w = [math.exp(-0.5 * (k / sigma) ** 2) for k in range(-r, r + 1)]
     s = sum(w)
@@ -191,12 +196,36 @@ def _col(v: torch.Tensor) -> torch.Tensor:
     return v.float()[:, None, None, None]
 
 
-def _rotation(u: torch.Tensor) -> torch.Tensor:
-    """Uniform random rotations (B, 3, 3) float64 from u (B, 3) in [0, 1) (Shoemake)."""
-    a, b, c = u.unbind(1)
-    s1, s2 = torch.sqrt(1 - a), torch.sqrt(a)
-    qx, qy = s1 * torch.sin(2 * math.pi * b), s1 * torch.cos(2 * math.pi * b)
-    qz, qw = s2 * torch.sin(2 * math.pi * c), s2 * torch.cos(2 * math.pi * c)
+def _gauss(keys: torch.Tensor, tag: int, n: int) -> torch.Tensor:
+    """(B, n) float64 standard normals per episode for purpose ``tag`` (directions, rotations)."""
+    return rng.normal(rng.substream(keys, tag), (n,)).double()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product of (..., 3) vectors, written out: a fixed order of exact ops."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
+def _normalize(g: torch.Tensor) -> torch.Tensor:
+    """Unit vectors along the last axis (a Gaussian vector's direction is uniform)."""
+    n2 = g[..., 0] * g[..., 0]
+    for i in range(1, g.shape[-1]):
+        n2 = n2 + g[..., i] * g[..., i]
+    return g / torch.sqrt(n2.clamp(min=1e-30))[..., None]
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                        a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], 1)
+
+
+def _rotation(g: torch.Tensor) -> torch.Tensor:
+    """Uniform random rotations (B, 3, 3) float64 from g (B, 4) standard normals.
+
+    A normalised Gaussian 4-vector is a uniform unit quaternion; only +, *, /, sqrt are used
+    (no trigonometry), so the matrix is bit-identical whatever the batch.
+    """
+    qx, qy, qz, qw = _normalize(g).unbind(1)
     return torch.stack([
         torch.stack([1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qz * qw), 2 * (qx * qz + qy * qw)], 1),
         torch.stack([2 * (qx * qy + qz * qw), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qx * qw)], 1),
@@ -204,27 +233,22 @@ def _rotation(u: torch.Tensor) -> torch.Tensor:
     ], 1)
 
 
-def _unit(u: torch.Tensor) -> torch.Tensor:
-    """Uniform unit vectors (B, 3) float64 from u (B, 2) in [0, 1)."""
-    cz = 2 * u[:, 0] - 1
-    sz = torch.sqrt((1 - cz * cz).clamp(min=0))
-    ph = 2 * math.pi * u[:, 1]
-    return torch.stack([cz, sz * torch.cos(ph), sz * torch.sin(ph)], 1)
-
-
 def _ellipsoid(axes, c, rot, radii, inactive=None, out=None, stretch=None) -> torch.Tensor:
     """Distance-like field (mm) of an ellipsoid -> (B, D, H, W) float32.
 
     c (B, 3) centre mm, rot (B, 3, 3) columns = principal axes, radii (B, 3) semi-axes mm.
     ``r_min * (rho - 1)`` with rho the ellipsoidal radius: exact on the surface, 1-Lipschitz
-    (never overestimates a distance; underestimates it by <= r_min/r_max along long axes).
+    (never overestimates a distance; along a long axis it reads down to r_min/r_max of it).
     The quadratic form ``r_min^2 rho^2`` is the sum of three 2D planes (zy, zx, yx) so it costs
     two full-size adds. ``inactive`` (B,) bool moves the ellipsoid out of reach; ``out`` is an
     optional (B, D, H, W) buffer to write into (fresh full-size allocations are slow on CPU);
     ``stretch`` (3,) >= 1 scales the rotated ellipsoid along the patch axes (still 1-Lipschitz).
     """
     rmin = radii.amin(1)
-    M = rot @ torch.diag_embed((rmin[:, None] / radii) ** 2) @ rot.transpose(1, 2)
+    w = rmin[:, None] / radii
+    w = w * w
+    M = (rot[:, :, None, :] * rot[:, None, :, :] * w[:, None, None, :]).unbind(-1)
+    M = M[0] + M[1] + M[2]  # R diag(w) R^T with a fixed summation order
     if stretch is not None:
         M = M / (stretch[:, None] * stretch[None, :])
     X = [a[None] - c[:, i: i + 1] for i, a in enumerate(axes)]  # (B, n_i) float64
@@ -257,15 +281,17 @@ def _blob(keys, shape, dev):
     n_lobes = 1 + (p[:, 0] >= 0.5).long()
     c0 = (p[:, 1:4] - 0.5) * 0.24 * dims
     r0 = L * (0.21 + 0.14 * p[:, 4:7])
-    phi = _ellipsoid(axes, c0, _rotation(p[:, 7:10]), r0)
+    g = _gauss(keys, 110, 18)
+    phi = _ellipsoid(axes, c0, _rotation(g[:, 0:4]), r0)
     dk, tmp = torch.empty_like(phi), torch.empty_like(phi)
-    r_mean = r0.mean(1, keepdim=True)
+    r_mean = ((r0[:, 0] + r0[:, 1] + r0[:, 2]) / 3)[:, None]
     # a lobe absent in every row of this subset would be a no-op (smin with "far" is exact)
     for k in range(int(n_lobes.max())):
         q = p[:, 10 + 9 * k: 19 + 9 * k]
-        ck = c0 + _unit(q[:, 0:2]) * r_mean * (0.3 + 0.4 * q[:, 2:3])
+        gk = g[:, 4 + 7 * k: 11 + 7 * k]
+        ck = c0 + _normalize(gk[:, 0:3]) * r_mean * (0.3 + 0.4 * q[:, 2:3])
         rk = r_mean * (0.45 + 0.35 * q[:, 3:6])
-        _ellipsoid(axes, ck, _rotation(q[:, 6:9]), rk, n_lobes <= k, out=dk)
+        _ellipsoid(axes, ck, _rotation(gk[:, 3:7]), rk, n_lobes <= k, out=dk)
         _smin_(phi, dk, 0.1 * L, tmp)
     del dk, tmp
     fld, step = _noise(keys, 111, shape, 1, 0.16 * L)
@@ -281,6 +307,7 @@ def _tubular(keys, shape, dev):
     p = rng.params(keys, 120, 32).double()
     n_tubes = 2 + (p[:, 0] >= 0.5).long()
     n_max = int(n_tubes.max())
+    g = _gauss(keys, 120, 9)
     fld, step = _noise(keys, 121, shape, 7, 0.22 * L)
     cax = _axes(shape, dev, step)
     chans, radii = [], []
@@ -289,13 +316,12 @@ def _tubular(keys, shape, dev):
     inv_rf = 1 / (1 + 0.2 * fld[:, 6]).clamp(min=0.6)
     for k in range(n_max):
         q = p[:, 1 + 9 * k: 10 + 9 * k]
-        t = _unit(q[:, 0:2])
+        t = _normalize(g[:, 3 * k: 3 * k + 3])  # vessel direction
         helper = torch.zeros_like(t)
         helper[:, 0] = (t[:, 0].abs() < 0.9).to(_F64)
         helper[:, 1] = 1 - helper[:, 0]
-        n1 = torch.linalg.cross(t, helper)
-        n1 = n1 / n1.norm(dim=1, keepdim=True)
-        n2 = torch.linalg.cross(t, n1)
+        n1 = _normalize(_cross(t, helper))
+        n2 = _cross(t, n1)
         c = (q[:, 2:5] - 0.5) * 0.5 * dims
         a = (L * (0.06 + 0.10 * q[:, 5]))[:, None, None, None]
         far = (n_tubes <= k).to(_F64)[:, None, None, None] * _BIG
@@ -303,10 +329,10 @@ def _tubular(keys, shape, dev):
         chans.append((_lin(cax, n1, c) + a * fld[:, 2 * k] + far) * inv_rf)
         chans.append((_lin(cax, n2, c) + a * fld[:, 2 * k + 1]) * inv_rf)
         radii.append(torch.clamp((1.5 + 2.5 * q[:, 6]) * L / 32, min=1.0))
-    g = _upsample(torch.stack(chans, 1).float(), shape, step)
+    up = _upsample(torch.stack(chans, 1).float(), shape, step)
     phi = None
     for k in range(n_max):
-        g1, g2 = g[:, 2 * k], g[:, 2 * k + 1]
+        g1, g2 = up[:, 2 * k], up[:, 2 * k + 1]
         dk = g1.mul_(g1).add_(g2.mul_(g2)).sqrt_().sub_(_col(radii[k]))
         phi = dk if phi is None else torch.minimum(phi, dk, out=phi)
     return phi.sub_(_col(_fit_level(phi, -0.5, 1.5 * L / 32))), None
@@ -319,18 +345,24 @@ def _multi(keys, shape, dev):
     axes = _axes(shape, dev)
     p = rng.params(keys, 130, 48).double()
     n = 2 + (p[:, 0] * 3).floor().clamp(max=2).long()
-    frame = _rotation(p[:, 1:4])
+    g = _gauss(keys, 130, 24)
+    frame = _rotation(g[:, 0:4])
     e1, e2 = frame[:, :, 0], frame[:, :, 1]
-    theta0 = 2 * math.pi * p[:, 4]
+    # k-th of n directions on the ring (exact constants per n), jittered along the ring
+    ang = [[2 * math.pi * k / m for k in range(4)] for m in (2, 3, 4)]
+    cos_t = torch.tensor([[math.cos(a) for a in row] for row in ang], dtype=_F64, device=dev)[n - 2]
+    sin_t = torch.tensor([[math.sin(a) for a in row] for row in ang], dtype=_F64, device=dev)[n - 2]
     cen = []
     for k in range(4):
-        th = theta0 + 2 * math.pi * k / n + (p[:, 5 + k] - 0.5) * 0.4 * (2 * math.pi / n)
+        radial = cos_t[:, k, None] * e1 + sin_t[:, k, None] * e2
+        tangent = cos_t[:, k, None] * e2 - sin_t[:, k, None] * e1
+        jitter = ((p[:, 5 + k] - 0.5) * 0.4 * (2 * math.pi / n))[:, None]
         rad = 0.45 + 0.2 * p[:, 9 + k]
-        dirv = torch.cos(th)[:, None] * e1 + torch.sin(th)[:, None] * e2
-        cen.append(rad[:, None] * dirv * dims / 2)
+        cen.append(rad[:, None] * _normalize(radial + jitter * tangent) * dims / 2)
     C = torch.stack(cen, 1)  # (B, 4, 3)
     act = torch.arange(4, device=dev)[None] < n[:, None]  # (B, 4)
-    dist = (C[:, :, None] - C[:, None]).norm(dim=-1)
+    diff = C[:, :, None] - C[:, None]
+    dist = torch.sqrt(_dot(diff, diff))
     pair = act[:, :, None] & act[:, None] & ~torch.eye(4, dtype=torch.bool, device=dev)
     min_sep = torch.where(pair, dist, torch.full_like(dist, _BIG)).amin(2)  # (B, 4)
     m1 = m2 = dk = tmp = None
@@ -339,7 +371,7 @@ def _multi(keys, shape, dev):
         rk = L * (0.13 + 0.10 * q[:, 0:3])
         # neighbours must not overlap much: largest semi-axis <= 0.42 x nearest-centre distance
         rk = rk * torch.clamp(0.42 * min_sep[:, k] / rk.amax(1), max=1.0)[:, None]
-        dk = _ellipsoid(axes, C[:, k], _rotation(q[:, 3:6]), rk, ~act[:, k], out=dk)
+        dk = _ellipsoid(axes, C[:, k], _rotation(g[:, 4 + 4 * k: 8 + 4 * k]), rk, ~act[:, k], out=dk)
         if m1 is None:  # m1, m2: nearest and second-nearest component distance
             m1, m2, dk, tmp = dk, torch.full_like(dk, _BIG), None, torch.empty_like(dk)
         else:
@@ -380,7 +412,8 @@ def _hollow(keys, shape, dev):
     coarse = torch.stack([fld[:, 0].clamp(-2.5, 2.5) * amp[:, None, None, None],
                           t0[:, None, None, None] * (1 + 0.25 * fld[:, 1]).clamp(0.85, 1.3)], 1)
     up = _upsample(coarse.float(), shape, step)
-    d_out = _ellipsoid(axes, c, _rotation(p[:, 6:9]), radii, stretch=stretch).add_(up[:, 0])
+    rot = _rotation(_gauss(keys, 140, 4))
+    d_out = _ellipsoid(axes, c, rot, radii, stretch=stretch).add_(up[:, 0])
     d_cav = up[:, 1].add_(d_out)  # < 0 inside the cavity
     phi = torch.minimum(d_out.neg_(), d_cav, out=d_out).neg_()  # max(d_out, -d_cav)
     # only thicken (never thin) the wall: thinning could open the cavity
@@ -393,15 +426,19 @@ _FAMILY_FNS = {"blob": _blob, "tubular": _tubular, "multi": _multi, "hollow": _h
 
 # ----------------------------------------------------------------------------- intensities
 def _ramp(x: torch.Tensor) -> torch.Tensor:
-    """Soft occupancy from a coarse-folded argument: clamp to [0, 1] in place."""
+    """Clamp to [0, 1] in place: a linear ramp once the argument is measured in ramp widths."""
     return x.clamp_(0.0, 1.0)
 
 
-def _render(keys, shape, fam, is_ct, occ, cav):
+def _render(keys, shape, fam, is_ct, out_w, cav_w):
     """Image (B, D, H, W) float32 in [0, 1].
 
-    fam (B,) index into FAMILIES; is_ct (B,) bool; occ (B, D, H, W) soft foreground occupancy;
-    cav (B, D, H, W) soft cavity occupancy or None.
+    fam (B,) index into FAMILIES; is_ct (B,) bool; out_w (B, D, H, W) = 1 - soft foreground
+    occupancy (overwritten: it becomes the image); cav_w (B_hollow, D, H, W) = 1 - soft cavity
+    occupancy of the hollow rows (in batch order), or None when no row is hollow.
+
+    Mixing is written ``v + (x - v) * (1 - m)`` so every step runs in place: fresh full-size
+    tensors cost page faults on CPU, more than the arithmetic.
     """
     B, dev = keys.shape[0], keys.device
     L = _scale(shape)
@@ -429,9 +466,8 @@ def _render(keys, shape, fam, is_ct, occ, cav):
     tex_amp = pick(6 + 9 * u[10], 0.02 + 0.03 * u[10])
 
     # --- background masks: ramps of thresholded random fields, ~1.5 voxels wide. The ramp
-    # argument 0.5 + (N - thr) * sigma / 1.8 is affine in N (|grad N| ~ 1.22 / sigma), so it is
-    # formed on the coarse grid. Fresh full-size tensors are slow on CPU (page faults), hence
-    # the in-place arithmetic and the one scratch buffer.
+    # argument (N - thr) * sigma / 1.8 is affine in N (|grad N| ~ 1.22 / sigma), so it is formed
+    # on the coarse grid; it is negated there to give 1 - mask, the weight of what lies below.
     s_part, s_dis, s_clu, s_ves = 0.2 * L, 0.12 * L, max(4.0, 0.08 * L), 0.25 * L
     thr_b = 1.0 * u[11]
     thr_d = 0.8 + 0.8 * u[12]
@@ -440,71 +476,67 @@ def _render(keys, shape, fam, is_ct, occ, cav):
     def col5(v):  # (B,) -> (B, 1, 1, 1) float64, for coarse fields
         return v[:, None, None, None]
 
-    def ramp_field(k, sub, sigma, thr):
+    def ramp_field(k, sub, sigma, thr, sign):
         f, st = _noise(rng.substream(k, sub), 151, shape, 1, sigma)
-        return _upsample((0.5 + (f[:, 0] - col5(thr)) * (sigma / 1.8))[:, None].float(), shape, st)[:, 0].clamp_(0, 1)
+        arg = 0.5 + sign * (f[:, 0] - col5(thr)) * (sigma / 1.8)
+        return _upsample(arg[:, None].float(), shape, st)[:, 0].clamp_(0, 1)
 
-    bg = ramp_field(keys, 0, s_part, thr_b).mul_(_col(tB - tA)).add_(_col(tA))
-    tmp = torch.empty_like(bg)
-    org_rows, ves_rows = (~vessel).nonzero()[:, 0], vessel.nonzero()[:, 0]
-    if len(org_rows):
-        tmp[org_rows] = ramp_field(keys[org_rows], 1, s_dis, thr_d[org_rows])
-    if len(ves_rows):
-        # other vessels: where two random fields are both ~0 (a curve in 3D); scaled so that
-        # |(f1, f2)| ~ distance to that curve in ramp widths
-        f, st = _noise(rng.substream(keys[ves_rows], 3), 151, shape, 2, s_ves)
-        fv = _upsample((f * (s_ves / 1.22 / 1.5)).float(), shape, st)
-        rad = 0.5 + (0.7 + 1.0 * u[18][ves_rows]) * L / 32 / 1.5
-        tmp[ves_rows] = fv[:, 0].mul_(fv[:, 0]).add_(fv[:, 1].mul_(fv[:, 1])).sqrt_().neg_().add_(_col(rad)).clamp_(0, 1)
-        del fv
-    m_d = tmp
-    tmp = torch.sub(_col(distr), bg)
-    bg += tmp.mul_(m_d)
-    m_c = ramp_field(keys, 2, s_clu, thr_c)
-    bg += torch.sub(_col(clutter), bg, out=m_d).mul_(m_c)
-    del m_c
-    img = bg.add_(torch.sub(_col(fg), bg, out=tmp).mul_(occ))
-    if cav is not None:
-        img += torch.sub(_col(fluid), img, out=tmp).mul_(cav)
-    del tmp, m_d
+    def vessel_field(k, rad):  # 1 - mask of other vessels, where two fields are both ~0
+        f, st = _noise(rng.substream(k, 3), 151, shape, 2, s_ves)
+        fv = _upsample((f * (s_ves / 1.22 / 1.5)).float(), shape, st)  # ~ distance / ramp width
+        return fv[:, 0].mul_(fv[:, 0]).add_(fv[:, 1].mul_(fv[:, 1])).sqrt_().add_(_col(1 - rad)).clamp_(0, 1)
+
+    img = ramp_field(keys, 0, s_part, thr_b, 1.0).mul_(_col(tB - tA)).add_(_col(tA))
+    rad = 0.5 + (0.7 + 1.0 * u[18]) * L / 32 / 1.5  # distractor vessel radius in ramp widths
+    if not vessel.any():
+        keep = ramp_field(keys, 1, s_dis, thr_d, -1.0)
+    elif vessel.all():
+        keep = vessel_field(keys, rad)
+    else:
+        org_rows, ves_rows = (~vessel).nonzero()[:, 0], vessel.nonzero()[:, 0]
+        keep = torch.empty_like(img)
+        keep[org_rows] = ramp_field(keys[org_rows], 1, s_dis, thr_d[org_rows], -1.0)
+        keep[ves_rows] = vessel_field(keys[ves_rows], rad[ves_rows])
+    img.sub_(_col(distr)).mul_(keep).add_(_col(distr))
+    del keep
+    img.sub_(_col(clutter)).mul_(ramp_field(keys, 2, s_clu, thr_c, -1.0)).add_(_col(clutter))
+    img = out_w.mul_(img.sub_(_col(fg))).add_(_col(fg))
+    if cav_w is not None:  # only on the hollow rows: (x - v) * 1 + v is not exactly x
+        rows = wall.nonzero()[:, 0]
+        if len(rows) == B:
+            img.sub_(_col(fluid)).mul_(cav_w).add_(_col(fluid))
+        else:
+            img[rows] = img[rows].sub_(_col(fluid[rows])).mul_(cav_w).add_(_col(fluid[rows]))
     ft, st = _noise(keys, 153, shape, 1, 3.0)
     img += _upsample((ft * col5(tex_amp)[:, None]).float(), shape, st)[:, 0]
 
-    # --- per modality: bias field, acquisition noise, normalisation to [0, 1]
-    for ct in (False, True):
-        rows = (is_ct == ct).nonzero()[:, 0]
-        if not len(rows):
-            continue
-        whole = len(rows) == B
-        k, x = keys[rows], (img if whole else img[rows])
-        v = [w[rows] for w in u]
-        fb, sb = _noise(k, 152, shape, 1, 0.5 * L)
-        nz = rng.normal(rng.substream(k, 154), shape)
-        if ct:
-            # beam-hardening-like drift acts on attenuation (HU + 1000), not on HU
-            beta = col5(0.005 + 0.01 * v[14])[:, None]
-            bias = _upsample(torch.cat([1 + beta * fb, 1000 * beta * fb], 1).float(), shape, sb)
-            x.mul_(bias[:, 0]).add_(bias[:, 1])
-            del bias
-            x += nz.mul_(_col(6 + 14 * v[9]))
-            lvl, win = 40 + 20 * v[16], 350 + 100 * v[17]
-            x.sub_(_col(lvl - win / 2)).div_(_col(win))
-        else:
-            beta = col5(0.12 + 0.2 * v[14])[:, None]
-            x.mul_(_upsample((1 + beta * fb).clamp(min=0.4).float(), shape, sb)[:, 0])
-            # Rician magnitude |s + n_re + i n_im|; the imaginary part reuses the (white) noise
-            # mirrored along W: independent voxelwise and ~4x cheaper than a second draw
-            nz.mul_(_col(0.025 + 0.035 * v[9]))
-            im = nz.flip(-1)
-            x.add_(nz)
-            x.mul_(x).add_(im.mul_(im)).sqrt_()
-            del im
-            q = _row_quantiles(x, (0.01, 0.995))
-            x.sub_(_col(q[0])).div_(_col((q[1] - q[0]).clamp(min=1e-6)))
-        x.clamp_(0.0, 1.0)
-        if not whole:
-            img[rows] = x
-    return img
+    # --- bias field: CT acts on attenuation (HU + 1000), tiny; MR multiplicative, strong.
+    # x * U + V, both formed on the coarse grid (V = 0 for MR).
+    fb, sb = _noise(keys, 152, shape, 1, 0.5 * L)
+    beta = col5(pick(0.005 + 0.01 * u[14], 0.12 + 0.2 * u[14]))[:, None]
+    ct5 = col5(is_ct)[:, None]
+    bias = _upsample(torch.cat([torch.where(ct5, 1 + beta * fb, (1 + beta * fb).clamp(min=0.4)),
+                                torch.where(ct5, 1000 * beta * fb, torch.zeros_like(fb))], 1).float(), shape, sb)
+    img.mul_(bias[:, 0]).add_(bias[:, 1])
+    del bias
+
+    # --- acquisition noise: CT Gaussian (HU); MR Rician |s + n_re + i n_im|, the imaginary
+    # part reusing the (white) noise mirrored along W: independent voxelwise, ~4x cheaper
+    nz = rng.normal(rng.substream(keys, 154), shape).mul_(_col(pick(6 + 14 * u[9], 0.025 + 0.035 * u[9])))
+    img += nz
+    if not is_ct.all():
+        im = nz.flip(-1)
+        mag = (img * img).add_(im.mul_(im)).sqrt_()
+        torch.where(is_ct[:, None, None, None], img, mag, out=img)
+        del im, mag
+    del nz
+
+    # --- to [0, 1]: CT soft-tissue window; MR 1st-99.5th percentile of the row
+    q = _row_quantiles(img, (0.01, 0.995))
+    lvl, win = 40 + 20 * u[16], 350 + 100 * u[17]
+    lo = pick(lvl - win / 2, q[0].double())
+    span = pick(win, (q[1] - q[0]).double().clamp(min=1e-6))
+    return img.sub_(_col(lo)).div_(_col(span)).clamp_(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -514,7 +546,9 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
 
     Args:
         keys: (B,) int64 episode keys (see ``svl_env.rng``); their device is the output's.
-        shape: patch size (D, H, W) in voxels of 1 mm; each >= 8.
+        shape: patch size (D, H, W) in voxels of 1 mm; each >= 8. Families keep their
+            character (multi: >= 2 components, hollow: enclosed cavity) from 16 per side on;
+            smaller patches still give valid, non-empty masks.
         families: non-empty subset of ``FAMILIES`` to draw from (uniformly, per key).
         modalities: non-empty subset of ``MODALITIES`` to draw from (uniformly, per key).
 
@@ -540,26 +574,33 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
     pick = (rng.params(keys, 101, 1)[:, 0] * len(modalities)).long().clamp(max=len(modalities) - 1)
     is_ct = torch.tensor([m == "ct" for m in modalities], device=dev)[pick]
 
-    phi = torch.empty((B, *shape), device=dev)
-    dcav = None
+    phi = dcav = None
     for f, name in enumerate(FAMILIES):
         rows = (fam == f).nonzero()[:, 0]
         if not len(rows):
             continue
-        ph, dc = _FAMILY_FNS[name](keys[rows], shape, dev)
-        phi[rows] = ph
-        if dc is not None:
-            if dcav is None:
-                dcav = torch.full((B, *shape), _BIG, device=dev)
-            dcav[rows] = dc
+        whole = len(rows) == B
+        ph, dc = _FAMILY_FNS[name](keys if whole else keys[rows], shape, dev)
+        if whole:
+            phi = ph
+        else:
+            if phi is None:
+                phi = torch.empty((B, *shape), device=dev)
+            phi[rows] = ph
+        if dc is not None:  # hollow rows only
+            dcav = dc
+        del ph, dc
 
     # never empty (tiny patches, multi's carved gaps): the deepest voxel is always inside
     floor = phi.reshape(B, -1).amin(1).clamp(min=0) + 1e-3
-    phi.sub_(torch.where(floor > 1e-3, floor, torch.zeros_like(floor))[:, None, None, None])
+    if bool((floor > 1e-3).any()):  # (x - 0 is exact, so skipping it changes no other row)
+        phi.sub_(torch.where(floor > 1e-3, floor, torch.zeros_like(floor))[:, None, None, None])
     truth = phi < 0
     # Partial volume: the fraction of a voxel's box inside a plane at signed distance phi is
-    # clamp(0.5 - phi, 0, 1); a per-episode width 1.0-1.6 mm adds some scanner blur.
+    # clamp(0.5 - phi, 0, 1); a per-episode width 1.0-1.6 mm adds some scanner blur. Passed on
+    # as 1 - occupancy (clamp(0.5 + phi / width)), the weight of what lies outside.
     width = _col(1.0 + 0.6 * rng.params(keys, 150, 24)[:, 23].double())
-    occ = _ramp(phi.div_(-width).add_(0.5))
-    cav = None if dcav is None else _ramp(dcav.div_(-width).add_(0.5))
-    return _render(keys, shape, fam, is_ct, occ, cav), truth
+    out_w = _ramp(phi.div_(width).add_(0.5))
+    cav_w = None if dcav is None else _ramp(dcav.div_(width[fam == FAMILIES.index("hollow")]).add_(0.5))
+    # (a family's field may be a view into a wider buffer: hand out a plain tensor)
+    return _render(keys, shape, fam, is_ct, out_w, cav_w).contiguous(), truth

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +10,16 @@ from svl_env import noise as N
 from svl_env.noise import DEFAULT_PARAMS, PROTOCOLS, NoiseModel, parse_noise
 
 CORRUPTING = ("mt", "sp", "markov", "flip")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Results do not depend on the thread count (test_thread_count_invariant); one thread is
+    just much faster when the 2-core test machine is shared (OpenMP threads wait for a core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------ synthetic shapes
@@ -87,6 +95,7 @@ def test_parse_forms():
     assert parse_noise("none").name == "none" and parse_noise("none").is_identity
     assert parse_noise("none+none").name == "none"
     assert parse_noise("mt+none").name == "mt+none" and not parse_noise("mt+none").is_identity
+    assert NoiseModel([("mt", {"side_max": 3}), ("flip", {})], [1, 3]) == parse_noise("0.25*mt:side_max=3+0.75*flip")
 
 
 @pytest.mark.parametrize("spec, needles", [
@@ -165,6 +174,19 @@ def test_batch_equals_rows(spec):
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     noisy_p, corrupted_p = model(truth[perm], keys[perm], 0.8)
     assert torch.equal(noisy_p, noisy[perm]) and torch.equal(corrupted_p, corrupted[perm])
+
+
+def test_thread_count_invariant():
+    truth = shapes(3, s=32)  # > 32768 voxels: torch splits elementwise ops across threads
+    keys = KEYS[:3]
+    specs = ("mt", "sp", "markov:T=4", "flip")  # few Markov steps: 2 threads crawl on a busy CPU
+    one = {p: parse_noise(p)(truth, keys)[0] for p in specs}
+    torch.set_num_threads(2)
+    try:
+        for p in specs:
+            assert torch.equal(parse_noise(p)(truth, keys)[0], one[p]), p
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_non_bool_and_numpy_truth():

@@ -14,7 +14,7 @@ import math
 from ..envargs import add_env_arguments
 
 
-def _minutes(text: str):
+def minutes(text: str):
     """'4' -> 4.0 (every learned agent) or 'va3c=6,ppo=2.5' -> {name: minutes}."""
     from ..benchmark import parse_name_values
 
@@ -32,19 +32,19 @@ def _minutes(text: str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..benchmark import BUILTIN, DEFAULT_AGENTS, QUICK
 
-    p.add_argument("--agents", default=None,
+    p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(BUILTIN)} "
-                        f"(default: {','.join(DEFAULT_AGENTS)})")
+                        f"(default: all of them; with --custom only: none)")
     p.add_argument("--custom", action="append", default=[], metavar="MODULE:CLASS",
                    help="your own policy: an importable module or a .py file and a class (or factory) in it; "
                         "repeatable. See examples/custom_agent.py")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="use a trained va3c/ppo/a2c instead of training it (repeatable). "
                         "SB3 (ppo/a2c) zips contain pickles: load only files from a trusted source")
-    p.add_argument("--train-minutes", type=_minutes, default=None, metavar="M | NAME=M,...",
+    p.add_argument("--train-minutes", type=minutes, default=argparse.SUPPRESS, metavar="M | NAME=M,...",
                    help="wall-clock training budget of each learned agent listed without --checkpoint "
                         "(one number for all, or per agent: va3c=6,ppo=2.5,a2c=2.5)")
-    p.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default 32)")
+    p.add_argument("--episodes", type=int, default=argparse.SUPPRESS, help="evaluation episodes (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     p.add_argument("--quick", action="store_true",
@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} min; "
                         f"explicit options override it")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
-    p.add_argument("--overlays", type=int, default=None, help="number of cases drawn as slice overlays (default 3)")
+    p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
+                   help="number of cases drawn as slice overlays (default: 3)")
     p.add_argument("--workers", type=int, default=0, help="vA3C asynchronous workers while training (0 = synchronous)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_env_arguments(p)
@@ -63,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import benchmark as B
     from ..envargs import env_kwargs
 
-    agents = args.agents
-    episodes, overlays, minutes = args.episodes, args.overlays, args.train_minutes
+    agents = getattr(args, "agents", None)
+    episodes, overlays = getattr(args, "episodes", None), getattr(args, "overlays", None)
+    minutes = getattr(args, "train_minutes", None)
     if args.quick:
         agents = agents if agents is not None else ",".join(B.DEFAULT_AGENTS)
         episodes = episodes if episodes is not None else B.QUICK["episodes"]

@@ -1,0 +1,191 @@
+"""Refine whole noisy label volumes with a trained voxel policy (sliding patches, blended).
+
+A policy is trained on patches (``patch_size`` of its env, 32^3 by default); a volume of any
+size is cut into overlapping patches on a regular grid (the last patch of each axis aligned
+to the volume's end; volumes smaller than a patch are padded). On every patch the policy runs
+``max_steps`` steps exactly as in the environment -- the observation is rebuilt from the
+patch's image, current mask and annotation with the env's channel definitions
+(``svl_env.CHANNEL_NAMES``), and actions are applied with the env's own dynamics
+(``svl_env.dynamics.apply_label_actions``). Each voxel's refined state is then the average
+of its patches' final masks (> 0.5 -> foreground; an exact tie keeps the annotation).
+
+``refine_folder`` pairs ``labels/NAME.nii[.gz]`` with ``images/NAME.nii[.gz]`` (or nnU-Net's
+``NAME_0000``) and writes ``out/NAME.nii[.gz]`` with the input label's shape, affine, header
+and on-disk dtype (``svl_env.nifti.save_label_like``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from svl_env import CHANNEL_NAMES
+from svl_env.dynamics import apply_label_actions, neighbourhood_mean
+
+_NIFTI_EXTS = (".nii.gz", ".nii")
+
+
+def observe(image: torch.Tensor, mask: torch.Tensor, annotation: torch.Tensor, t: int, max_steps: int) -> torch.Tensor:
+    """The env's observation of a batch of patch states: (B, D, H, W) x3 -> (B, C, D, H, W).
+
+    Channel order and definitions follow ``svl_env.CHANNEL_NAMES`` (checked by the tests
+    against ``SVLDRLVectorEnv``): image, mask, annotation, their 3x3x3 in-patch means, t/T.
+    """
+    chans = {"image": image, "mask": mask, "annotation": annotation,
+             "image_mean3": neighbourhood_mean(image), "mask_mean3": neighbourhood_mean(mask),
+             "time": torch.full_like(mask, t / max_steps)}
+    missing = [c for c in CHANNEL_NAMES if c not in chans]
+    if missing:
+        raise ValueError(f"refine does not know how to build observation channel(s) {missing}")
+    return torch.stack([chans[c] for c in CHANNEL_NAMES], 1)
+
+
+def grid_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Patch origins along one axis: stride ``patch·(1-overlap)``, last patch flush with the end."""
+    if size <= patch:
+        return [0]
+    stride = max(1, int(round(patch * (1.0 - overlap))))
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def _triple(p) -> tuple[int, int, int]:
+    if isinstance(p, (int, np.integer)):
+        return (int(p),) * 3
+    t = tuple(int(v) for v in p)
+    if len(t) != 3:
+        raise ValueError(f"patch size must be an int or 3 ints, got {p!r}")
+    return t  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def refine_volume(policy, image: np.ndarray, label: np.ndarray, *, patch_size=32, max_steps: int = 5,
+                  overlap: float = 0.25, batch_size: int = 4, device=None, progress: bool = False,
+                  desc: str | None = None) -> np.ndarray:
+    """Refine one volume. image (D, H, W) float in [0, 1]; label (D, H, W) binary.
+
+    ``policy``: any ``agents.base.Policy`` acting on label actions (e.g. ``VA3CPolicy``).
+    Returns the refined mask (D, H, W) bool.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    label = np.asarray(label).astype(bool)
+    if image.ndim != 3 or label.shape != image.shape:
+        raise ValueError(f"image {image.shape} and label {label.shape} must be 3D volumes of the same shape")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    patch = _triple(patch_size)
+    dev = torch.device(device if device is not None else getattr(policy, "device", "cpu"))
+    shape = image.shape
+    # pad (edge for the image, zeros for the label) to at least one patch per axis
+    padded = tuple(max(s, p) for s, p in zip(shape, patch))
+    pad = [(0, ps - s) for s, ps in zip(shape, padded)]
+    img = torch.as_tensor(np.pad(image, pad, mode="edge") if any(p[1] for p in pad) else image, device=dev)
+    ann = torch.as_tensor(np.pad(label, pad).astype(np.float32), device=dev)
+    starts = [(a, b, c) for a in grid_starts(padded[0], patch[0], overlap)
+              for b in grid_starts(padded[1], patch[1], overlap)
+              for c in grid_starts(padded[2], patch[2], overlap)]
+    votes = torch.zeros(padded, device=dev)
+    counts = torch.zeros(padded, device=dev)
+    bar = tqdm(total=len(starts), desc=desc or "refine", unit="patch", disable=not progress, leave=False)
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i:i + batch_size]
+        sl = [(slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2])) for a, b, c in chunk]
+        im = torch.stack([img[s] for s in sl])
+        an = torch.stack([ann[s] for s in sl])
+        mask = an.clone()
+        if hasattr(policy, "reset"):
+            policy.reset(len(chunk))
+        for t in range(max_steps):
+            obs = observe(im, mask, an, t, max_steps)
+            a = policy.act(obs, None, deterministic=True)
+            mask = apply_label_actions(mask, torch.as_tensor(a, device=dev))
+        for j, s in enumerate(sl):
+            votes[s] += mask[j]
+            counts[s] += 1
+        bar.update(len(chunk))
+    bar.close()
+    mean = votes / counts.clamp_min(1)
+    out = torch.where(mean == 0.5, ann, (mean > 0.5).float())
+    return out[: shape[0], : shape[1], : shape[2]].bool().cpu().numpy()
+
+
+def _stem(name: str) -> str:
+    low = name.lower()
+    for ext in _NIFTI_EXTS:
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _nifti_files(folder: Path, what: str) -> list[Path]:
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} path is not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_NIFTI_EXTS))
+    if not files:
+        raise FileNotFoundError(f"{what} folder has no .nii/.nii.gz files: {folder}")
+    return files
+
+
+def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
+    """(name, image path, label path) for every label file; a missing image raises FileNotFoundError."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    labels = _nifti_files(labels_dir, "labels")
+    images = {_stem(p.name): p for p in _nifti_files(images_dir, "images")}
+    pairs = []
+    for lp in labels:
+        stem = _stem(lp.name)
+        ip = images.get(stem) or images.get(stem + "_0000")
+        if ip is None:
+            raise FileNotFoundError(f"no image for label {lp} in {images_dir} (expected {stem}.nii.gz)")
+        pairs.append((stem, ip, lp))
+    return pairs
+
+
+def load_policy(checkpoint, device="cpu"):
+    """A vA3C policy and its env settings (patch size, max_steps) from a run folder or file."""
+    from .va3c import VA3CPolicy
+
+    pol = VA3CPolicy.load(checkpoint, device=device)
+    env = pol.config.get("env", {}) or {}
+    if env.get("action_set", "label") != "label":
+        raise ValueError(f"{checkpoint}: refine needs a policy trained with label actions, "
+                         f"this one uses {env.get('action_set')!r}")
+    return pol, env
+
+
+def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps: int | None = None,
+                  overlap: float = 0.25, batch_size: int = 4, label_value: int | None = 1, modality: str = "auto",
+                  device="cpu", progress: bool = True) -> list[Path]:
+    """Refine every label volume in ``labels`` (images in ``images``); write them to ``out``.
+
+    ``patch_size`` / ``max_steps`` default to the policy's training env. Returns the written paths.
+    Errors (missing files, shape/affine mismatch, wrong checkpoint) raise FileNotFoundError or
+    ValueError with one line naming the file.
+    """
+    from svl_env.nifti import load_case, save_label_like
+
+    policy, env = load_policy(checkpoint, device=device)
+    pairs = pair_files(images, labels)
+    out = Path(out)
+    if out.resolve() == Path(labels).resolve():
+        raise ValueError(f"--out {out} is the labels folder: inputs are never overwritten, choose another folder")
+    patch = patch_size if patch_size is not None else env.get("patch_size", 32)
+    steps = int(max_steps if max_steps is not None else env.get("max_steps", 5))
+    written = []
+    for name, ip, lp in tqdm(pairs, desc="cases", unit="case", disable=not progress):
+        case = load_case(ip, lp, label_value=label_value, modality=modality, name=name)
+        refined = refine_volume(policy, case.image, case.label, patch_size=patch, max_steps=steps, overlap=overlap,
+                                batch_size=batch_size, device=device, progress=progress, desc=name)
+        value = 1 if label_value is None else int(label_value)
+        written.append(save_label_like(refined.astype(np.int64) * value, lp, out / lp.name))
+    return written

@@ -23,7 +23,7 @@ Files in ``out``:
 
 Fairness: episode i is the env reset with seed ``seed + i`` for every policy (same volume,
 same noise). Learned agents listed without a checkpoint are trained first, each for its
-budget of wall-clock minutes, on training seeds ``seed + TRAIN_SEED_OFFSET + i`` -- disjoint
+budget of minutes (wall-clock, or CPU-minutes with ``clock="cpu"``), on training seeds ``seed + TRAIN_SEED_OFFSET + i`` -- disjoint
 from the evaluation seeds. The oracle reads the truth and is labelled "oracle (upper bound)".
 """
 
@@ -50,7 +50,12 @@ DEFAULT_AGENTS = ("identity", "random", "majority", "opening", "closing", "inten
 LABELS = {"va3c": "vA3C", "ppo": "PPO (SB3)", "a2c": "A2C (SB3)"}
 TRAIN_SEED_OFFSET = 100_000
 #: ``--quick``: fits 15 minutes on 2 CPU cores, training included (README "Baselines and leaderboard").
-QUICK = dict(episodes=32, patch_size=32, train_minutes={"va3c": 6.0, "ppo": 2.5, "a2c": 2.5}, overlays=3)
+#: Its budgets are CPU-minutes (2 busy cores spend 2 per minute), so that a machine shared with
+#: other programs trains the same agents, only more slowly.
+QUICK = dict(episodes=32, patch_size=32, train_minutes={"va3c": 7.0, "ppo": 7.0, "a2c": 7.0}, clock="cpu",
+             overlays=3)
+#: what a training budget measures: "wall" (elapsed minutes) or "cpu" (CPU-minutes of the process)
+CLOCKS = ("wall", "cpu")
 #: leaderboard metrics: (per-case field, column title, higher is better?)
 METRICS = (("dice", "Dice", True), ("iou", "IoU", True), ("hd95", "HD95 (mm)", False),
            ("continuity", "continuity", False), ("dice_gain", "Dice gain", True), ("seconds", "s / episode", False))
@@ -156,7 +161,7 @@ def plot_metrics(rows: list[dict], path) -> Path:
     axes[0].set_yticks(np.arange(len(names)), names)
     fig.suptitle(f"Policies on the same {rows[0]['n']} seeded episodes (mean, 95% CI)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return Path(path)
 
@@ -195,7 +200,7 @@ def plot_dice_steps(curves: dict[str, np.ndarray], path) -> Path:
     fig.suptitle("Dice across the steps of an episode (mean, 95% CI)", fontsize=10)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return Path(path)
 
@@ -235,7 +240,7 @@ def plot_overlay(case: dict[str, dict], episode: int, path) -> Path:
         ax.set_title(title + (f"\n{sub}" if sub else ""), fontsize=8)
     fig.suptitle(f"episode {episode}, axial slice {z} (red contour = truth)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)
 
@@ -318,17 +323,21 @@ def _set_name(policy, name: str) -> None:
 
 
 def train_learned(name: str, env_kwargs: dict, minutes: float, seed: int, out: Path, progress: bool,
-                  workers: int = 0, config: dict | None = None):
-    """Train a learned agent for ``minutes`` of wall clock; its run folder is ``out``."""
+                  workers: int = 0, config: dict | None = None, clock: str = "wall"):
+    """Train a learned agent for ``minutes`` of ``clock`` ("wall" or "cpu" minutes); its run
+    folder is ``out``."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
     config = dict(config or {})
+    budget = {"cpu_minutes" if clock == "cpu" else "minutes": minutes}
     if name == "va3c":
         from .va3c import train_va3c
 
-        pol = train_va3c(env_kwargs, minutes=minutes, seed=seed, workers=workers, out=out, progress=progress, **config)
+        pol = train_va3c(env_kwargs, seed=seed, workers=workers, out=out, progress=progress, **budget, **config)
     elif name in ("ppo", "a2c"):
         from .sb3 import train_sb3
 
-        pol = train_sb3(name, env_kwargs, minutes=minutes, seed=seed, out=out, progress=progress, **config)
+        pol = train_sb3(name, env_kwargs, seed=seed, out=out, progress=progress, **budget, **config)
     else:
         raise ValueError(f"{name!r} is not a learned agent ({list(LEARNED)})")
     _set_name(pol, LABELS[name])
@@ -343,7 +352,7 @@ def _policy_name(p) -> str:
 def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT_AGENTS, env_kwargs: dict | None = None,
         episodes: int = 32, seed: int = 0, out="runs/benchmark", train_minutes: float | dict | None = None,
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
-        workers: int = 0, train_config: dict | None = None) -> dict:
+        workers: int = 0, train_config: dict | None = None, clock: str = "wall") -> dict:
     """Benchmark built-in agents (``agents``) and policy objects (``policies``) on the same
     seeded episodes; write the files listed in the module doc into ``out``.
 
@@ -359,6 +368,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         overlays: number of cases drawn in ``overlays/``.
         workers: vA3C asynchronous workers while training (0 = synchronous).
         train_config: {name: {option: value}} passed to the trainers.
+        clock: what ``train_minutes`` measures: "wall" minutes or "cpu" minutes of the
+            training process (robust to other load on the machine).
 
     Returns {"leaderboard": rows, "per_case_csv", "leaderboard_csv", "leaderboard_md",
     "metrics_png", "dice_steps_png", "overlays": [paths], "out"}.
@@ -382,6 +393,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     for k, p in checkpoints.items():
         if not Path(p).exists():
             raise FileNotFoundError(f"checkpoint for {k} not found: {p}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
     to_train = [a for a in agents if a in LEARNED and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
     for p in policies:
@@ -405,8 +418,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
                 t0 = time.perf_counter()
                 run_dir = out / "runs" / a
                 pol = train_learned(a, env_kwargs, budgets[a], seed + TRAIN_SEED_OFFSET, run_dir, progress,
-                                    workers=workers, config=(train_config or {}).get(a))
-                training[LABELS[a]] = {"minutes_budget": budgets[a],
+                                    workers=workers, config=(train_config or {}).get(a), clock=clock)
+                training[LABELS[a]] = {"minutes_budget": budgets[a], "clock": clock,
                                        "minutes_used": round((time.perf_counter() - t0) / 60, 2),
                                        "run": str(run_dir)}
         else:
@@ -497,5 +510,7 @@ def _notes(env_kwargs, episodes, seed, training) -> list[str]:
         if "checkpoint" in t:
             notes.append(f"{name}: loaded from {t['checkpoint']}.")
         else:
-            notes.append(f"{name}: trained {t['minutes_used']} min (budget {t['minutes_budget']} min), run {t['run']}.")
+            unit = "CPU-min" if t.get("clock") == "cpu" else "min"
+            notes.append(f"{name}: trained {t['minutes_used']} min wall (budget {t['minutes_budget']:g} {unit}), "
+                         f"run {t['run']}.")
     return notes

@@ -9,6 +9,12 @@ and is read back with ``torch.load(weights_only=True)``, which refuses anything 
 and plain containers -- a stranger's checkpoint cannot run code. Writes are atomic
 (temporary file in the target folder, then ``os.replace``) so a crash never leaves a
 half-written checkpoint under the final name.
+
+Loading validates before it touches a model: the format marker and version, the agent kind,
+the JSON config and meta, that every entry of ``tensors`` is a tensor, and -- through
+:func:`load_state_dict_checked` -- that the weights have exactly the keys, shapes and dtypes
+of the model the config builds, all finite. A checkpoint that fails any check raises
+:class:`CheckpointError` naming the file and the problem; no model is ever half-loaded.
 """
 
 from __future__ import annotations
@@ -30,18 +36,60 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic)."""
+    """Call ``write_fn(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic).
+
+    The temporary file is ``.NAME.XXXX.tmp`` next to ``path``; it is flushed to disk
+    (``fsync``) before the rename, so after a crash or power loss ``path`` holds either the
+    old or the new content, never a mix. A process killed mid-write can leave the temporary
+    file behind: :func:`remove_stale_temporaries` clears them (resume does).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; cannot write a file there")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write_fn(Path(tmp))
+        try:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError:  # some filesystems cannot fsync; the rename is still atomic
+            pass
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_dir_path(path, what: str = "output folder") -> Path:
+    """Raise a clear NotADirectoryError if ``path`` or one of its parents is an existing file
+    (checked before a long job, so it does not fail at its very end). Creates nothing."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"{what} {path}: {p} is an existing file, not a folder")
+    return path
+
+
+def ensure_dir(path, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and parents) after :func:`check_dir_path`."""
+    path = check_dir_path(path, what)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_stale_temporaries(folder, name: str) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files that :func:`atomic_write` left in ``folder`` when killed."""
+    removed = []
+    for p in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def save_checkpoint(path, kind: str, config: dict, tensors: dict[str, dict[str, torch.Tensor]],
@@ -74,8 +122,7 @@ def load_checkpoint(path, kind: str | tuple[str, ...] | None = None) -> dict[str
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled code, not a torch file...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable svl-drl checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable svl-drl checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an svl-drl checkpoint (missing format marker)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -86,9 +133,55 @@ def load_checkpoint(path, kind: str | tuple[str, ...] | None = None) -> dict[str
         raise CheckpointError(f"{path}: checkpoint is of agent kind {payload.get('kind')!r}, expected {' or '.join(kinds)}")
     try:
         config, meta = json.loads(payload["config"]), json.loads(payload["meta"])
+        if not isinstance(config, dict) or not isinstance(meta, dict):
+            raise TypeError("config and meta must be JSON objects")
         tensors = payload["tensors"]
         if not isinstance(tensors, dict):
             raise TypeError("tensors is not a dict")
+        for group, sd in tensors.items():
+            if not isinstance(sd, dict):
+                raise TypeError(f"tensors[{group!r}] is not a dict")
+            for name, t in sd.items():
+                if not torch.is_tensor(t):
+                    raise TypeError(f"tensors[{group!r}][{name!r}] is a {type(t).__name__}, not a tensor")
     except Exception as exc:
-        raise CheckpointError(f"{path}: malformed checkpoint ({exc})") from None
-    return {"kind": payload["kind"], "config": config, "meta": meta, "tensors": tensors}
+        raise CheckpointError(f"{path}: malformed checkpoint ({_first_line(exc)})") from None
+    return {"kind": payload["kind"], "config": config, "meta": meta, "tensors": tensors, "path": path}
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:limit]
+
+
+def validate_state_dict(module: torch.nn.Module, sd: dict, where, what: str = "weights") -> None:
+    """Check that ``sd`` fits ``module`` exactly (keys, shapes, dtypes, finite values) without
+    loading anything; raise :class:`CheckpointError` naming ``where`` (the file) otherwise."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd]
+    extra = [k for k in sd if k not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[0]!r})")
+        if extra:
+            parts.append(f"unexpected {len(extra)} (e.g. {extra[0]!r})")
+        raise CheckpointError(f"{where}: {what} do not match the model its config builds: {', '.join(parts)} entries")
+    for k, ref in expected.items():
+        t = sd[k]
+        if not torch.is_tensor(t):
+            raise CheckpointError(f"{where}: {what} entry {k!r} is not a tensor")
+        if tuple(t.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{where}: {what} entry {k!r} has shape {tuple(t.shape)}, "
+                                  f"the model needs {tuple(ref.shape)}")
+        if t.dtype.is_floating_point != ref.dtype.is_floating_point:
+            raise CheckpointError(f"{where}: {what} entry {k!r} has dtype {t.dtype}, the model needs {ref.dtype}")
+        if t.dtype.is_floating_point and t.numel() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: {what} entry {k!r} contains NaN/Inf values")
+
+
+def load_state_dict_checked(module: torch.nn.Module, sd: dict, where, what: str = "weights") -> None:
+    """:func:`validate_state_dict`, then ``module.load_state_dict(sd)`` (all or nothing)."""
+    validate_state_dict(module, sd, where, what)
+    module.load_state_dict(sd)

@@ -38,3 +38,36 @@ def env_kwargs(args: argparse.Namespace) -> dict:
     elif args.data != "phantom" and args.labels == "noisy":
         kw["reward_target"] = "annotation"
     return kw
+
+
+def validate_env(env_kwargs: dict) -> None:
+    """Check an environment configuration completely before a long job starts: the options
+    (by building a one-env ``SVLDRLVectorEnv``) and, for a NIfTI folder, every case (each file is
+    read once and released). Raises the env's own errors (ValueError, FileNotFoundError,
+    ``svl_env.nifti.DataError`` naming the file)."""
+    from pathlib import Path
+
+    from gymnasium.vector import AutoresetMode
+
+    from svl_env import SVLDRLVectorEnv
+
+    kw = {k: v for k, v in env_kwargs.items() if k not in ("autoreset_mode", "return_tensors", "action_rewards")}
+    if isinstance(kw.get("patch_size"), list):
+        kw["patch_size"] = tuple(kw["patch_size"])
+    data = kw.get("data", "phantom")
+    if isinstance(data, (str, Path)) and str(data) != "phantom":
+        kw["cache"] = False  # read each case once to validate it, without keeping the volumes
+    env = SVLDRLVectorEnv(1, autoreset_mode=AutoresetMode.DISABLED, **kw)
+    try:
+        cases = getattr(env.source, "cases", None)
+        if hasattr(cases, "validate"):  # a Decathlon folder: read (and release) every case once
+            found, labelled = False, False
+            for i in range(len(cases)):
+                lab = cases[i].label
+                labelled = labelled or lab is not None
+                found = found or (lab is not None and bool(lab.any()))
+            if labelled and not found and getattr(cases, "label_value", None) is not None:
+                raise ValueError(f"no case in {cases.root} has voxels with label value {cases.label_value} "
+                                 "(--label-value): every label mask would be empty")
+    finally:
+        env.close()

@@ -40,6 +40,7 @@ class MemoSource:
         self.inner = inner
         self.has_truth = inner.has_truth
         self.has_annotation = inner.has_annotation
+        self.min_patch_size = getattr(inner, "min_patch_size", 2)
         self.max_bytes = int(max_bytes)
         self._cache: dict = {}
         self._bytes = 0

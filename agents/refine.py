@@ -16,6 +16,9 @@ and on-disk dtype (``svl_env.nifti.save_label_like``).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +166,24 @@ def load_policy(checkpoint, device="cpu"):
     return pol, env
 
 
+def check_output_paths(out: Path, pairs, images, labels) -> None:
+    """Outputs go only under ``out`` and never onto an input: refuse ``out`` equal to (or a link
+    to) the images or labels folder, and any output file that resolves to an input file."""
+    out_r = out.resolve()
+    for what, folder in (("labels", labels), ("images", images)):
+        if out_r == Path(folder).resolve():
+            raise ValueError(f"--out {out} is the {what} folder: inputs are never overwritten, choose another folder")
+    inputs = {p.resolve() for _, ip, lp in pairs for p in (ip, lp)}
+    for _, _, lp in pairs:
+        target = out / lp.name
+        hit = target.resolve() in inputs
+        if not hit and target.exists():  # hard links
+            hit = any(os.path.samefile(target, p) for p in inputs if p.exists())
+        if hit:
+            raise ValueError(f"output {target} resolves to an input file ({target.resolve()}): "
+                             "inputs are never overwritten, choose another --out")
+
+
 def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps: int | None = None,
                   overlap: float = 0.25, batch_size: int = 4, label_value: int | None = 1, modality: str = "auto",
                   device="cpu", progress: bool = True) -> list[Path]:
@@ -171,21 +192,44 @@ def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps
     ``patch_size`` / ``max_steps`` default to the policy's training env. Returns the written paths.
     Errors (missing files, shape/affine mismatch, wrong checkpoint) raise FileNotFoundError or
     ValueError with one line naming the file.
+
+    All or nothing: the refined volumes are written (atomically, ``save_label_like``) into a
+    hidden staging folder inside ``out`` and moved into place only when every case succeeded,
+    so a failure leaves ``out`` as it was. ``out`` may not be, or lead onto, an input.
     """
     from svl_env.nifti import load_case, save_label_like
+
+    from .checkpoint import ensure_dir
 
     policy, env = load_policy(checkpoint, device=device)
     pairs = pair_files(images, labels)
     out = Path(out)
-    if out.resolve() == Path(labels).resolve():
-        raise ValueError(f"--out {out} is the labels folder: inputs are never overwritten, choose another folder")
+    check_output_paths(out, pairs, images, labels)
     patch = patch_size if patch_size is not None else env.get("patch_size", 32)
     steps = int(max_steps if max_steps is not None else env.get("max_steps", 5))
-    written = []
-    for name, ip, lp in tqdm(pairs, desc="cases", unit="case", disable=not progress):
-        case = load_case(ip, lp, label_value=label_value, modality=modality, name=name)
-        refined = refine_volume(policy, case.image, case.label, patch_size=patch, max_steps=steps, overlap=overlap,
-                                batch_size=batch_size, device=device, progress=progress, desc=name)
-        value = 1 if label_value is None else int(label_value)
-        written.append(save_label_like(refined.astype(np.int64) * value, lp, out / lp.name))
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    ensure_dir(out, "--out")
+    staging = Path(tempfile.mkdtemp(prefix=".refine-staging-", dir=out))
+    staged = []
+    try:
+        for name, ip, lp in tqdm(pairs, desc="cases", unit="case", disable=not progress):
+            case = load_case(ip, lp, label_value=label_value, modality=modality, name=name)
+            refined = refine_volume(policy, case.image, case.label, patch_size=patch, max_steps=steps,
+                                    overlap=overlap, batch_size=batch_size, device=device, progress=progress,
+                                    desc=name)
+            value = 1 if label_value is None else int(label_value)
+            staged.append(save_label_like(refined.astype(np.int64) * value, lp, staging / lp.name))
+        written = []
+        for p in staged:
+            os.replace(p, out / p.name)  # same folder tree: each move is atomic
+            written.append(out / p.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in created:  # folders this call made (deepest first), if they stayed empty
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return written

@@ -42,7 +42,8 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 from tqdm.auto import tqdm
 
 from .base import Policy, as_tensor
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, ensure_dir
+from .interrupt import graceful_sigint
 from .sb3_adapter import SB3VecEnv
 from .sb3_policy import VoxelActorCriticPolicy
 
@@ -127,8 +128,14 @@ def load_sb3(path, device="cpu", algo: str | None = None, name: str | None = Non
     algo = algo or detect_algo(path)
     if algo not in ALGOS:
         raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {sorted(ALGOS)}")
-    model = ALGOS[algo].load(str(path), device=device,
-                             custom_objects={"policy_class": VoxelActorCriticPolicy})
+    try:
+        model = ALGOS[algo].load(str(path), device=device,
+                                 custom_objects={"policy_class": VoxelActorCriticPolicy})
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a damaged zip fails in many ways inside SB3 / torch / cloudpickle
+        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ValueError(f"{path}: not a loadable {algo} model ({type(exc).__name__}: {msg})") from None
     return SB3Policy(model, name=name)
 
 
@@ -171,19 +178,28 @@ class MetricsCSV(KVWriter):
         pass
 
 
+#: budget clocks: wall-clock seconds, or CPU seconds of this process (all its threads)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class TrainingCallback(BaseCallback):
-    """Wall-clock budget, progress bar, episode metrics and periodic checkpoints.
+    """Time budget, progress bar, episode metrics and periodic checkpoints.
 
     - ``minutes``: stop when the next update would overrun the budget (estimated from the last
-      update's duration), or at the latest when the budget is spent.
+      update's duration), or at the latest when the budget is spent. ``clock`` measures it:
+      ``"wall"`` (elapsed seconds) or ``"cpu"`` (this process's CPU seconds, a budget that
+      other programs sharing the cores cannot shrink).
     - logs the finished episodes' final Dice vs truth (``rollout/dice_clean``), gain over the
       annotation (``rollout/dice_gain``) and Dice vs the reward target (``rollout/dice``).
     - every ``checkpoint_every`` updates: ``model.zip`` in the run folder (atomic rewrite).
     """
 
     def __init__(self, *, minutes: float | None, total_timesteps: int | None, progress: bool,
-                 run_dir: Path | None, checkpoint_every: int | None, algo: str):
+                 run_dir: Path | None, checkpoint_every: int | None, algo: str, clock: str = "wall"):
         super().__init__()
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+        self.clock = CLOCKS[clock]
         self.budget = None if minutes is None else 60.0 * float(minutes)
         self.total = total_timesteps
         self.progress = progress
@@ -194,17 +210,18 @@ class TrainingCallback(BaseCallback):
         self._t0 = self._t_iter = 0.0
         self._last_iter = 0.0
         self._stop = False
+        self.interrupted = False  # set by Ctrl-C (agents.interrupt): stop at the next step
         self.bar = None
 
     def _on_training_start(self) -> None:
-        self._t0 = self._t_iter = time.perf_counter()
+        self._t0 = self._t_iter = self.clock()
         if self.budget is not None:
             self.bar = tqdm(total=round(self.budget), unit="s", desc=f"train {self.algo}", disable=not self.progress)
         else:
             self.bar = tqdm(total=self.total, unit="step", desc=f"train {self.algo}", disable=not self.progress)
 
     def _on_rollout_start(self) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self.updates or self.num_timesteps:
             self._last_iter = now - self._t_iter
         self._t_iter = now
@@ -215,7 +232,7 @@ class TrainingCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.updates += 1
-        self.logger.record("time/minutes", (time.perf_counter() - self._t0) / 60.0)
+        self.logger.record("time/minutes", (self.clock() - self._t0) / 60.0)
 
     def _on_step(self) -> bool:
         dones, infos = self.locals.get("dones"), self.locals.get("infos")
@@ -227,14 +244,14 @@ class TrainingCallback(BaseCallback):
                         self.logger.record_mean(f"rollout/{key}", float(inf[key]))
                 if "dice_clean" in inf and "dice_annotation_clean" in inf:
                     self.logger.record_mean("rollout/dice_gain", float(inf["dice_clean"] - inf["dice_annotation_clean"]))
-        elapsed = time.perf_counter() - self._t0
+        elapsed = self.clock() - self._t0
         if self.bar is not None:
             if self.budget is not None:
                 self.bar.n = min(round(elapsed), self.bar.total)
                 self.bar.refresh()
             else:
                 self.bar.update(self.training_env.num_envs)
-        if self._stop or (self.budget is not None and elapsed >= self.budget):
+        if self._stop or self.interrupted or (self.budget is not None and elapsed >= self.budget):
             return False
         return True
 
@@ -262,7 +279,7 @@ def split_config(algo: str, config: dict) -> tuple[dict, dict]:
 
 
 def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, timesteps: int | None = None,
-              seed: int = 0, out=None, progress: bool = True, num_envs: int = 8, resume=None,
+              cpu_minutes: float | None = None, seed: int = 0, out=None, progress: bool = True, num_envs: int = 8, resume=None,
               checkpoint_every: int | None = 50, obs_dtype=np.float32, **config) -> SB3Policy:
     """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
 
@@ -271,6 +288,8 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
         env_kwargs: ``SVLDRLVectorEnv`` keyword arguments (data, patch_size, noise, ...).
         minutes / timesteps: budget (wall clock, env steps = n_envs x steps); both None ->
             ``DEFAULT_UPDATES`` updates. With both, whichever ends first.
+        cpu_minutes: instead of ``minutes``, a budget of this process's CPU time ("5 minutes
+            on 2 cores" is ``cpu_minutes=10``); unaffected by other programs on the machine.
         seed: seeds the network, SB3's sampling and the environments (env i: seed + i).
         out: run folder (config.json, model.zip, metrics.csv, TensorBoard events) or None.
         num_envs: environments stepped together.
@@ -283,13 +302,23 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
     """
     algo = algo.lower()
     algo_kw, pol_kw = split_config(algo, config)
-    if minutes is not None and not minutes > 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if minutes is not None and cpu_minutes is not None:
+        raise ValueError("give minutes (wall clock) or cpu_minutes, not both")
+    for name, value in (("minutes", minutes), ("cpu_minutes", cpu_minutes)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    clock = "cpu" if cpu_minutes is not None else "wall"
+    minutes = cpu_minutes if cpu_minutes is not None else minutes
     if timesteps is not None and int(timesteps) < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     env_kwargs = dict(env_kwargs)
     device = str(env_kwargs.get("device", "cpu"))
     resume_zip = _resume_zip(resume) if resume is not None else None
+    if resume_zip is not None:
+        detect_algo(resume_zip)  # a damaged zip is named before anything is written
+    from .envargs import validate_env
+
+    validate_env(env_kwargs)  # options and every case of a data folder, before the run folder is touched
     if out is None and resume_zip is not None:
         out = resume_zip.parent
     run_dir = Path(out) if out is not None else None
@@ -315,9 +344,9 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
         model = ALGOS[algo](VoxelActorCriticPolicy, venv, policy_kwargs=dict(pol_kw), seed=seed, device=device,
                             verbose=0, **algo_kw)
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(run_dir, "--out")
         cfg = {"agent": algo, "env_kwargs": _jsonable(env_kwargs), "seed": seed, "num_envs": venv.num_envs,
-               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes, "timesteps": timesteps,
+               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes, "clock": clock, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
                "note": TRUST_NOTE}
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
@@ -327,15 +356,19 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
         model.set_logger(Logger(None, []))
 
     cb = TrainingCallback(minutes=minutes, total_timesteps=None if timesteps is None else total, progress=progress,
-                          run_dir=run_dir, checkpoint_every=checkpoint_every, algo=algo)
+                          run_dir=run_dir, checkpoint_every=checkpoint_every, algo=algo, clock=clock)
     try:
-        model.learn(total_timesteps=total, callback=CallbackList([cb]), log_interval=1,
-                    reset_num_timesteps=resume_zip is None)
+        # Ctrl-C: the callback ends learn() at the next env step, the final model.zip is written below
+        with graceful_sigint(lambda: setattr(cb, "interrupted", True), lambda: cb.interrupted):
+            model.learn(total_timesteps=total, callback=CallbackList([cb]), log_interval=1,
+                        reset_num_timesteps=resume_zip is None)
     finally:
         model.logger.close()
         venv.close()
     if run_dir is not None:
         save_model(model, run_dir / "model.zip")
+    if cb.interrupted:
+        raise KeyboardInterrupt
     return SB3Policy(model)
 
 

@@ -58,6 +58,7 @@ import contextlib
 import math
 import os
 import queue as _queue
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
 from .base import Policy, as_tensor
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint,
+                         validate_state_dict)
 from .networks import PolicyValueNet
 
 KIND = "va3c"
@@ -340,6 +342,88 @@ def make_env(env_kwargs: dict, num_envs: int, action_rewards: bool):
                            action_rewards=action_rewards, **kw)
 
 
+def activation_floats_per_voxel(net: nn.Module, in_channels: int) -> float:
+    """Floats that one forward pass produces per input voxel, summed over every leaf module's
+    output (what autograd keeps for the backward pass, to first order). Measured once with
+    forward hooks on a small input (downsampling levels count at their resolution)."""
+    depth = int(getattr(net, "config", {}).get("depth", 3))
+    s = max(8, 2 ** (depth + 1))
+    total = [0]
+
+    def hook(_m, _i, out):
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if torch.is_tensor(o):
+                total[0] += o.numel()
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = net.training
+    try:
+        net.eval()  # no normalisation statistics may change
+        with torch.no_grad():
+            dev = next(net.parameters()).device
+            net(torch.zeros(1, in_channels, s, s, s, device=dev))
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return total[0] / float(s ** 3)
+
+
+#: Multiplier from counted activations to the peak memory of a training step. Calibrated with
+#: peak RSS on CPU (unet width 8 depth 3, actor-critic updates of 4 x 32^3 and 2 x 48^3 patches:
+#: measured / estimated = 0.98 and 1.01; warmup-only 8 x 48^3: 1.08). On an H100 (4 x 32^3, all
+#: three stages) ``torch.cuda.max_memory_allocated`` was 384 MiB for a ~460 MiB estimate.
+ACTIVATION_FACTOR = 1.0
+
+
+def _patch_and_steps(env_kwargs: dict) -> tuple[tuple[int, int, int], int]:
+    from svl_env.vector_env import _patch_shape
+
+    ps = env_kwargs.get("patch_size", 32)
+    return _patch_shape(tuple(ps) if isinstance(ps, list) else ps), int(env_kwargs.get("max_steps") or 5)
+
+
+def estimate_training_bytes(cfg: dict, env_kwargs: dict, net: nn.Module | None = None, workers: int = 0) -> int:
+    """Peak memory of vA3C training (bytes): envs + model/Adam + the larger of the actor-critic
+    graph (``t_max`` steps of ``num_envs`` patches) and the warmup's stored rollouts + one
+    minibatch. ``workers`` > 0: each worker holds all of it (own envs, own graph)."""
+    from svl_env import memory
+
+    patch, steps = _patch_and_steps(env_kwargs)
+    n_ch, n_act = _env_dims(env_kwargs)
+    b = int(cfg["num_envs"])
+    vox = float(np.prod(patch))
+    t_graph = min(int(cfg["t_max"] or steps), steps)
+    if net is None:
+        net = PolicyValueNet(**_net_config(cfg, n_ch, n_act))
+    act = activation_floats_per_voxel(net, n_ch)
+    per_step = ACTIVATION_FACTOR * act + 6 * n_act + 12  # + logits, probs, candidates, losses, maps
+    actor_critic = b * t_graph * vox * 4 * per_step if (cfg["value"] or cfg["policy"]) else 0
+    warmup = steps * b * vox * 4 * (n_ch + 2) + b * vox * 4 * per_step if cfg["warmup"] else 0
+    params = 4 * 4 * sum(p.numel() for p in net.parameters())  # weights, grads, Adam moments
+    envs = memory.env_bytes(b, patch, n_act, bool(cfg["action_rewards"]), env_kwargs.get("device", "cpu"))
+    one = envs + params + max(actor_critic, warmup)
+    return int(one * max(1, int(workers)))
+
+
+def check_training_memory(cfg: dict, env_kwargs: dict, net: nn.Module | None = None, workers: int = 0) -> None:
+    """Refuse a vA3C configuration whose training cannot fit (``svl_env.memory``), before any allocation."""
+    from svl_env import memory
+    from svl_env.vector_env import _device
+
+    patch, steps = _patch_and_steps(env_kwargs)
+    device = _device(env_kwargs.get("device", "cpu"))
+    segment = min(int(cfg["t_max"] or steps), steps)
+    what = f"vA3C training with {memory.describe_batch(int(cfg['num_envs']), patch)}, {segment}-step segments"
+    if workers:
+        what += f", {int(workers)} workers"
+    hint = "lower num_envs (--num-envs), patch_size (--patch-size), t_max or the network width"
+    if workers:
+        hint += ", or use fewer workers"
+    memory.check(estimate_training_bytes(cfg, env_kwargs, net, workers), what, hint, device)
+
+
 class Learner:
     """One actor-learner: its own envs, a (possibly shared) model and optimiser.
 
@@ -524,6 +608,17 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, flat: dict, meta: dict) -
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _check_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Adam moments must have their parameter's shape and be finite (torch does not check)."""
+    for g in opt.param_groups:
+        for p in g["params"]:
+            for name, v in opt.state.get(p, {}).items():
+                if name in ("exp_avg", "exp_avg_sq") and (tuple(v.shape) != tuple(p.shape)
+                                                          or not bool(torch.isfinite(v).all())):
+                    raise ValueError(f"Adam {name} has shape {tuple(v.shape)} (parameter {tuple(p.shape)}) "
+                                     "or non-finite values")
+
+
 def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Adam:
     # foreach=False: the per-parameter implementation updates every state tensor in place,
     # which the shared-memory (async) optimiser relies on.
@@ -608,17 +703,32 @@ class VA3CPolicy(Policy):
 
     @classmethod
     def from_checkpoint(cls, ck: dict, device="cpu") -> "VA3CPolicy":
-        cfg = ck["config"]
-        if "net" not in cfg or "model" not in ck["tensors"]:
-            raise CheckpointError("vA3C checkpoint lacks the network config or weights")
-        net = PolicyValueNet(**cfg["net"])
-        sd = ck["tensors"]["model"]
-        try:
-            net.load_state_dict(sd)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(f"vA3C checkpoint weights do not fit its config ({first})") from None
+        """The policy of a loaded checkpoint (``load_checkpoint``); its network config and weights
+        are validated (keys, shapes, finite values) before anything is loaded."""
+        cfg, where = ck["config"], ck.get("path", "vA3C checkpoint")
+        if not isinstance(cfg.get("net"), dict) or "model" not in ck["tensors"]:
+            raise CheckpointError(f"{where}: vA3C checkpoint lacks the network config or weights")
+        net = build_net(cfg["net"], where)
+        load_state_dict_checked(net, ck["tensors"]["model"], where, "network weights")
         return cls(net, cfg, device=device)
+
+
+def build_net(net_config: dict, where) -> PolicyValueNet:
+    """``PolicyValueNet(**net_config)`` from a checkpoint's config; a config that does not build
+    a network (unknown keys, bad values) is a CheckpointError naming the file."""
+    from svl_env import ACTION_SETS, CHANNEL_NAMES
+
+    try:
+        net = PolicyValueNet(**net_config)
+    except Exception as exc:
+        raise CheckpointError(f"{where}: network config {net_config} does not build a network "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if net.config["in_channels"] != len(CHANNEL_NAMES):
+        raise CheckpointError(f"{where}: network takes {net.config['in_channels']} observation channels, "
+                              f"the environment has {len(CHANNEL_NAMES)}")
+    if net.config["n_actions"] not in {len(v) for v in ACTION_SETS.values()}:
+        raise CheckpointError(f"{where}: network has {net.config['n_actions']} actions, no action set has that many")
+    return net
 
 
 def resolve_checkpoint(path) -> Path:
@@ -671,17 +781,22 @@ class VA3CRun:
         self.workers = int(workers)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers!r}")
-        self.device = torch.device(self.env_kwargs.get("device", "cpu"))
+        from svl_env.vector_env import _device
+
+        self.device = _device(self.env_kwargs.get("device", "cpu"))
         n_ch, n_act = _env_dims(self.env_kwargs)
         self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
                                int(self.cfg["reward_conv_size"]))
         self.model.net.load_state_dict(_init_net(self.cfg, n_ch, n_act, self.seed).state_dict())
+        check_training_memory(self.cfg, self.env_kwargs, self.model.net, self.workers)  # before any env exists
         self.model.to(self.device)
         self.opt = make_optimizer(self.model, self.cfg)
         self.update = 0  # updates done
         self.elapsed = 0.0  # training seconds done (resumes add to it)
         self.cpu_elapsed = 0.0  # CPU seconds of this process spent training
         self.history: list[dict] = []
+        self.stop_requested = False  # set (e.g. by a SIGINT handler) to end the run after the current update
+        self.checkpoints_written = 0
 
     # -- persistence
     def checkpoint_config(self) -> dict:
@@ -695,26 +810,62 @@ class VA3CRun:
         if self.model.reward_conv is not None:
             tensors["reward_conv"] = self.model.reward_conv.state_dict()
         meta = {"update": self.update, "elapsed": self.elapsed, "cpu_elapsed": self.cpu_elapsed, "optimizer": opt_meta}
-        return save_checkpoint(path, KIND, self.checkpoint_config(), tensors, meta)
+        out = save_checkpoint(path, KIND, self.checkpoint_config(), tensors, meta)
+        self.checkpoints_written += 1
+        return out
 
     @classmethod
     def resume(cls, path, *, updates: int | None = None, minutes: float | None = None,
                cpu_minutes: float | None = None, workers: int | None = None) -> "VA3CRun":
         ck = load_checkpoint(resolve_checkpoint(path), KIND)
-        cfg, meta = ck["config"], ck["meta"]
+        cfg, meta, where = ck["config"], ck["meta"], ck["path"]
         if "train" not in cfg or "update" not in meta or "optimizer" not in ck["tensors"]:
-            raise CheckpointError(f"{path}: a policy-only vA3C checkpoint cannot be resumed (no training state)")
-        b = cfg["budget"]
-        if updates is not None or minutes is not None or cpu_minutes is not None:
-            b = {"updates": updates, "minutes": minutes, "cpu_minutes": cpu_minutes}
-        run = cls(cfg["env"], budget=Budget(**b), seed=cfg["seed"],
-                  workers=cfg.get("workers", 0) if workers is None else workers, config=cfg["train"])
+            raise CheckpointError(f"{where}: a policy-only vA3C checkpoint cannot be resumed (no training state)")
+        # Validate everything into a fresh run first; the caller gets a run only if all of it fits.
+        try:
+            b = dict(cfg["budget"])
+            if updates is not None or minutes is not None or cpu_minutes is not None:
+                b = {"updates": updates, "minutes": minutes, "cpu_minutes": cpu_minutes}
+            budget = Budget(**b)
+            update, elapsed = int(meta["update"]), float(meta["elapsed"])
+            cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
+            if update < 0 or not (math.isfinite(elapsed) and math.isfinite(cpu_elapsed)):
+                raise ValueError(f"bad counters update={update}, elapsed={elapsed}")
+            env, seed, train = cfg["env"], int(cfg["seed"]), cfg["train"]
+            if not isinstance(env, dict) or not isinstance(train, dict):
+                raise TypeError("env and train configs must be objects")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: malformed training state in the checkpoint "
+                                  f"({type(exc).__name__}: {exc})") from None
+        try:
+            make_config(**train)
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: training config is not valid ({exc})") from None
+        build_net(cfg.get("net", {}), where)
+        run = cls(env, budget=budget, seed=seed, workers=cfg.get("workers", 0) if workers is None else workers,
+                  config=train)
+        if cfg.get("net") != run.model.net.config:
+            raise CheckpointError(f"{where}: network config {cfg.get('net')} disagrees with the one its training "
+                                  f"config builds ({run.model.net.config})")
+        validate_state_dict(run.model.net, ck["tensors"]["model"], where, "network weights")
+        if run.model.reward_conv is not None:
+            if "reward_conv" not in ck["tensors"]:
+                raise CheckpointError(f"{where}: checkpoint lacks the reward conv weights its config uses")
+            validate_state_dict(run.model.reward_conv, ck["tensors"]["reward_conv"], where, "reward conv weights")
+        try:
+            probe = make_optimizer(run.model, run.cfg)
+            load_optimizer_tensors(probe, ck["tensors"]["optimizer"], meta["optimizer"])
+            _check_optimizer_state(probe)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"{where}: optimizer state does not fit the model "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         run.model.net.load_state_dict(ck["tensors"]["model"])
         if run.model.reward_conv is not None:
             run.model.reward_conv.load_state_dict(ck["tensors"]["reward_conv"])
         load_optimizer_tensors(run.opt, ck["tensors"]["optimizer"], meta["optimizer"])
-        run.update, run.elapsed = int(meta["update"]), float(meta["elapsed"])
-        run.cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
+        run.update, run.elapsed, run.cpu_elapsed = update, elapsed, cpu_elapsed
         return run
 
     def policy(self) -> VA3CPolicy:
@@ -741,7 +892,7 @@ class VA3CRun:
         stop_after = cfg.get("_stop_after")
         with _torch_settings(self.device, cfg):
             try:
-                while not self.done():
+                while not self.done() and not self.stop_requested:
                     t0, c0 = time.perf_counter(), time.process_time()
                     p = self.budget.progress(self.update, self.elapsed, self.cpu_elapsed)
                     m = learner.update(self.update, p, update_seed(self.seed, self.update))
@@ -787,8 +938,19 @@ class VA3CRun:
         update0 = self.update
         completed = 0
         last_ckpt = self.update
+        def on_metrics(msg) -> None:
+            nonlocal completed
+            m = msg[2]
+            completed += 1
+            self.update = update0 + completed  # updates finished (they may finish out of order)
+            self.elapsed = elapsed0 + time.perf_counter() - t_start
+            m["elapsed"], m["worker"] = self.elapsed, msg[1]
+            self.history.append(m)
+            for h in hooks:
+                h(m)
+
         try:
-            while True:
+            while not self.stop_requested:
                 try:
                     msg = q.get(timeout=0.5)
                 except _queue.Empty:
@@ -796,14 +958,7 @@ class VA3CRun:
                 if msg is not None:
                     kind = msg[0]
                     if kind == "metrics":
-                        m = msg[2]
-                        completed += 1
-                        self.update = update0 + completed  # updates finished (they may finish out of order)
-                        self.elapsed = elapsed0 + time.perf_counter() - t_start
-                        m["elapsed"], m["worker"] = self.elapsed, msg[1]
-                        self.history.append(m)
-                        for h in hooks:
-                            h(m)
+                        on_metrics(msg)
                         if (checkpoint_path is not None and checkpoint_every
                                 and self.update - last_ckpt >= checkpoint_every):
                             self.save(checkpoint_path)
@@ -838,6 +993,14 @@ class VA3CRun:
                 if p.is_alive():
                     p.terminate()
                     p.join(timeout=5)
+            if error is None:  # updates the workers finished while stopping count too
+                try:
+                    while True:
+                        msg = q.get_nowait()
+                        if msg[0] == "metrics":
+                            on_metrics(msg)
+                except (_queue.Empty, OSError, EOFError, ValueError):
+                    pass
             self.elapsed = elapsed0 + time.perf_counter() - t_start
         if error is not None:
             raise RuntimeError(error)
@@ -847,6 +1010,9 @@ def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates
                   counter, stop, q, threads):
     """One A3C actor-learner process: own envs and seed, shared model and Adam state (Hogwild)."""
     try:
+        # Ctrl-C reaches the whole process group: the main process stops the workers (stop event)
+        # after their current update; a worker must not die half-way through a Hogwild step.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(threads)
         opt = make_optimizer(model, cfg)
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -889,13 +1055,19 @@ def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates
 
 @contextlib.contextmanager
 def _torch_settings(device: torch.device, cfg: dict):
-    """Threads and (CPU) determinism for the duration of a sync run; restored afterwards."""
+    """Threads and determinism for the duration of a sync run; restored afterwards.
+
+    CPU: deterministic algorithms whenever ``deterministic`` (the default). CUDA: only when the
+    user also opted in with ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS needs it set before it
+    starts; deterministic kernels can be slower) -- then sync training is bitwise reproducible on
+    the GPU too (checked on an H100); without it CUDA runs drift apart in the last bits."""
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
     try:
         if cfg["threads"]:
             torch.set_num_threads(int(cfg["threads"]))
-        if cfg["deterministic"] and device.type == "cpu":
+        cuda_opt_in = device.type == "cuda" and os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
+        if cfg["deterministic"] and (device.type == "cpu" or cuda_opt_in):
             torch.use_deterministic_algorithms(True, warn_only=True)
         yield
     finally:

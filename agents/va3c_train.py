@@ -13,6 +13,15 @@ counter; the env seeds and action sampling of update u are functions of (seed, u
 else must be restored). In the synchronous mode a resumed run reproduces the uninterrupted
 run of the same seed exactly (CPU, same thread count); a minutes budget is wall-clock and
 therefore not reproducible -- use ``--updates`` for that.
+
+Crash safety: ``checkpoint.pt`` and ``config.json`` are replaced atomically (a SIGKILL or
+power loss leaves the previous complete file); ``metrics.csv`` is an append-only log flushed
+per row -- a kill can tear only its last line, which ``--resume`` drops when it rebuilds the
+file (atomically) from the rows before the checkpoint. Ctrl-C (SIGINT) finishes the current
+update, writes a final checkpoint and exits (status 130); a second Ctrl-C stops at once
+(the last periodic checkpoint stands). Input problems (bad options, unreadable data, a
+configuration that cannot fit in memory) are found before anything is written, and a run that
+fails before its first checkpoint removes the files it created.
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, ensure_dir, remove_stale_temporaries
+from .interrupt import graceful_sigint
 from .va3c import Budget, VA3CPolicy, VA3CRun
 
 METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "loss", "sup_dice", "sup_ce",
@@ -42,13 +53,19 @@ class MetricsCSV:
         rows = []
         if keep_below is not None and source.is_file():
             with open(source, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("update", "").isdigit()
-                        and int(r["update"]) < keep_below]
-        self.fh = open(self.path, "w", newline="")
+                # a row torn by a kill has missing (None) fields: dropped with the rows after the checkpoint
+                rows = [r for r in csv.DictReader(fh) if r.get("update") and r["update"].isdigit()
+                        and int(r["update"]) < keep_below and None not in r and None not in r.values()]
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.path, write)  # header + kept rows replace the old file in one step
+        self.fh = open(self.path, "a", newline="")
         self.w = csv.DictWriter(self.fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-        self.w.writeheader()
-        self.w.writerows(rows)
-        self.fh.flush()
 
     def __call__(self, m: dict) -> None:
         self.w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in m.items()})
@@ -105,59 +122,106 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
                  workers: int = 0, out=None, progress: bool = True, resume=None, checkpoint_every: int = 50,
                  tensorboard: bool = True, cpu_minutes: float | None = None,
                  **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
-    """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object)."""
+    """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object).
+
+    Everything that can be checked is checked before the run folder is touched: options,
+    the checkpoint to resume, the data (every case of a NIfTI folder is read once), and the
+    memory the configuration needs. Ctrl-C ends the run after the current update with a
+    final checkpoint, then raises ``KeyboardInterrupt``.
+    """
+    from .envargs import validate_env
+
     resume_dir = None
     if resume is not None:
         from .va3c import resolve_checkpoint
 
-        resume_dir = resolve_checkpoint(resume).parent
-        run = VA3CRun.resume(resume, updates=updates, minutes=minutes, cpu_minutes=cpu_minutes,
+        ck_path = resolve_checkpoint(resume)
+        resume_dir = ck_path.parent
+        run = VA3CRun.resume(ck_path, updates=updates, minutes=minutes, cpu_minutes=cpu_minutes,
                              workers=workers if workers else None)
         if out is None:
             out = resume_dir
     else:
         run = VA3CRun(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
                       config=config)
+    validate_env(run.env_kwargs)  # bad data is named now, not by a worker at update 37
     out_dir = Path(out) if out is not None else None
     hooks, closers = [], []
-    bar = _Bar(run, progress)
-    hooks.append(bar)
-    closers.append(bar)
+    created: list[Path] = []  # folders this call creates: removed again if it fails before a checkpoint
     ckpt = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+        ensure_dir(out_dir, "--out")
+        before = set(out_dir.iterdir())
+        if resume_dir is not None:
+            for name in ("checkpoint.pt", "config.json", "metrics.csv"):
+                remove_stale_temporaries(out_dir, name)  # left by a kill during a write
         ckpt = out_dir / "checkpoint.pt"
-        cfg = {**run.checkpoint_config(), "agent": "va3c"}
-        atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
-        mcsv = MetricsCSV(out_dir / "metrics.csv", keep_below=run.update if resume is not None else None,
-                          source=resume_dir / "metrics.csv" if resume_dir is not None else None)
-        hooks.append(mcsv)
-        closers.append(mcsv)
-        if tensorboard:
-            tb = _TensorBoard(out_dir, purge_step=run.update if resume is not None else None)
-            hooks.append(tb)
-            closers.append(tb)
     try:
-        run.run(hooks=hooks, checkpoint_every=int(checkpoint_every or 0), checkpoint_path=ckpt)
-    except KeyboardInterrupt:
-        if ckpt is not None:
-            run.save(ckpt)  # resumable from exactly here
-        raise
-    finally:
+        if out_dir is not None:
+            cfg = {**run.checkpoint_config(), "agent": "va3c"}
+            atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+            mcsv = MetricsCSV(out_dir / "metrics.csv", keep_below=run.update if resume is not None else None,
+                              source=resume_dir / "metrics.csv" if resume_dir is not None else None)
+            hooks.append(mcsv)
+            closers.append(mcsv)
+            if tensorboard:
+                tb = _TensorBoard(out_dir, purge_step=run.update if resume is not None else None)
+                hooks.append(tb)
+                closers.append(tb)
+        bar = _Bar(run, progress)
+        hooks.insert(0, bar)
+        closers.append(bar)
+
+        with graceful_sigint(lambda: setattr(run, "stop_requested", True), lambda: run.stop_requested):
+            run.run(hooks=hooks, checkpoint_every=int(checkpoint_every or 0), checkpoint_path=ckpt)
+            for c in closers:
+                c.close()
+            closers.clear()
+            if ckpt is not None:
+                run.save(ckpt)
+        if run.stop_requested:
+            if ckpt is not None:
+                print(f"svl-drl: checkpoint saved at update {run.update}; continue with --resume {out_dir}",
+                      file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+    except BaseException as exc:
         for c in closers:
-            c.close()
-    if ckpt is not None:
-        run.save(ckpt)
+            try:
+                c.close()
+            except Exception:
+                pass
+        fresh_and_empty = resume_dir is None and not run.checkpoints_written
+        if out_dir is not None and fresh_and_empty and not isinstance(exc, KeyboardInterrupt):
+            _remove_created(out_dir, before, created)
+        raise
     return run.policy(), out_dir, run
+
+
+def _remove_created(out_dir: Path, before: set, created: list[Path]) -> None:
+    """A fresh run that failed before its first checkpoint: leave no partial output behind."""
+    for p in set(out_dir.iterdir()) - before:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    for d in created:  # deepest first
+        try:
+            d.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def train_from_args(args) -> Path:
     """``svl-drl train --agent va3c`` (options: agents/cli/train.py)."""
     from .envargs import env_kwargs
 
-    out = Path(args.resume) if args.resume else Path(args.out)
     if args.resume is not None and not Path(args.resume).exists():
         raise FileNotFoundError(f"run to resume not found: {args.resume}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    # resuming writes into the resumed run's folder (--out is not used)
+    out = None if args.resume else Path(args.out)
     _, run_dir, run = run_training(
         env_kwargs(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
         out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,

@@ -49,23 +49,9 @@ def _evaluate(policy, env_kwargs, episodes, seed, progress):
 
 
 def _majority():
-    try:
-        from agents.heuristics import MajorityFilter
+    from agents.heuristics import MajorityFilter
 
-        return MajorityFilter()
-    except Exception:  # pragma: no cover - fallback if the heuristics module is unavailable
-        from agents.base import Policy
-        from svl_env.dynamics import LABEL_ACTIONS
-
-        class _Maj(Policy):
-            name = "majority 3x3x3"
-
-            def act(self, obs, info=None, deterministic=True):
-                t = np.asarray(obs)[:, -1, 0, 0, 0]
-                a = np.where(t[:, None, None, None] == 0, LABEL_ACTIONS.index("majority"), 0)
-                return np.broadcast_to(a, (obs.shape[0], *obs.shape[2:])).astype(np.int64).copy()
-
-        return _Maj()
+    return MajorityFilter()
 
 
 def _train(env_kwargs, seed, budget, progress, **config):

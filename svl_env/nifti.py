@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 AFFINE_TOL_MM = 1e-3
+#: A label file with more distinct values than this is refused as "looks like an image" (a swapped
+#: image/label pair); real label maps, atlases included, have far fewer classes.
+MAX_LABEL_CLASSES = 1000
 _NIFTI_EXTS = (".nii.gz", ".nii")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 _MODALITIES = ("auto", "ct", "mr", "none")
@@ -271,6 +274,16 @@ def _label_mask(lab: np.ndarray, label_value, path: Path) -> np.ndarray:
         if frac.any():
             bad = float(lab[frac].flat[0])
             raise DataError(f"{path}: label values are not integers (e.g. {bad:g})")
+    if lab.size:
+        lo, hi = lab.min(), lab.max()
+        if lo < 0:
+            raise DataError(f"{path}: label contains negative values (min {lo:g}); "
+                            "a label map holds non-negative integer class ids")
+        if hi >= MAX_LABEL_CLASSES:
+            n = len(np.unique(lab))
+            if n > MAX_LABEL_CLASSES:
+                raise DataError(f"{path}: label has {n} distinct values (max {hi:g}): it looks like an image, "
+                                f"not a label map (more than {MAX_LABEL_CLASSES} classes)")
     if label_value is None:
         return lab != 0
     return lab == label_value

@@ -45,6 +45,7 @@ class PhantomSource:
 
     has_truth = True
     has_annotation = False
+    min_patch_size = 8  # phantom.generate_phantoms needs >= 8 voxels per axis
 
     def __init__(self, families: Sequence[str] | None = None, modalities: Sequence[str] | None = None):
         from . import phantom

@@ -17,6 +17,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from . import memory
 from . import metrics as M
 from . import rng
 from .dynamics import (ACTION_SETS, apply_intensity_actions, apply_label_actions, label_candidates,
@@ -39,6 +40,19 @@ def _patch_shape(patch_size) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"patch_size must be an int or 3 ints >= 2, got {patch_size!r}")
     return shape
+
+
+def _device(device) -> torch.device:
+    """A usable torch device, or ValueError naming the problem (not a later CUDA assertion)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device (expected e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
 
 
 class SVLDRLVectorEnv(VectorEnv):
@@ -85,9 +99,13 @@ class SVLDRLVectorEnv(VectorEnv):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         self.num_envs = int(num_envs)
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.patch_shape = _patch_shape(patch_size)
         self.source = make_source(data, **data_options)
+        min_patch = int(getattr(self.source, "min_patch_size", 2))
+        if min(self.patch_shape) < min_patch:  # found now, not at the first reset
+            raise ValueError(f"patch_size {self.patch_shape} is too small for {type(self.source).__name__} "
+                             f"(at least {min_patch} voxels per axis)")
         if max_episode_steps is not None:
             max_steps = max_episode_steps
         if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
@@ -141,6 +159,11 @@ class SVLDRLVectorEnv(VectorEnv):
 
         self.channel_names = CHANNEL_NAMES
         k = len(self.action_names)
+        # Refuse a batch that cannot fit before allocating it (svl_env.memory), not by an OOM kill;
+        # the spaces alone hold 14 float32 volumes per env (Box bounds, MultiDiscrete nvec).
+        memory.check(memory.env_bytes(self.num_envs, self.patch_shape, k, self.action_rewards, self.device),
+                     memory.describe_batch(self.num_envs, self.patch_shape), "lower num_envs or patch_size",
+                     self.device)
         self.single_observation_space = gym.spaces.Box(0.0, 1.0, (len(CHANNEL_NAMES), *self.patch_shape), np.float32)
         self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.patch_shape, k, dtype=np.int64))
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

@@ -42,15 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use a trained va3c/ppo/a2c instead of training it (repeatable). "
                         "SB3 (ppo/a2c) zips contain pickles: load only files from a trusted source")
     p.add_argument("--train-minutes", type=minutes, default=argparse.SUPPRESS, metavar="M | NAME=M,...",
-                   help="wall-clock training budget of each learned agent listed without --checkpoint "
-                        "(one number for all, or per agent: va3c=6,ppo=2.5,a2c=2.5)")
+                   help="training budget of each learned agent listed without --checkpoint, in minutes "
+                        "of --clock (one number for all, or per agent: va3c=12,ppo=4,a2c=4)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=argparse.SUPPRESS,
+                   help="what --train-minutes measures: wall-clock minutes (default) or CPU-minutes of the "
+                        "training process (2 busy cores spend 2 per minute; other load on the machine "
+                        "does not shrink such a budget)")
     p.add_argument("--episodes", type=int, default=argparse.SUPPRESS, help="evaluation episodes (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     p.add_argument("--quick", action="store_true",
                    help=f"preset that finishes in ~15 min on 2 CPU cores, training included: all built-in agents, "
                         f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
-                        f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} min; "
+                        f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes; "
                         f"explicit options override it")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
     p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
@@ -67,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     agents = getattr(args, "agents", None)
     episodes, overlays = getattr(args, "episodes", None), getattr(args, "overlays", None)
     minutes = getattr(args, "train_minutes", None)
+    clock = getattr(args, "clock", None)
     if args.quick:
+        clock = clock if clock is not None else B.QUICK["clock"]
         agents = agents if agents is not None else ",".join(B.DEFAULT_AGENTS)
         episodes = episodes if episodes is not None else B.QUICK["episodes"]
         overlays = overlays if overlays is not None else B.QUICK["overlays"]
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     custom = [B.load_custom(spec) for spec in args.custom]
     result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
-                   progress=not args.no_progress, workers=args.workers)
+                   progress=not args.no_progress, workers=args.workers, clock=clock or "wall")
     print(result["leaderboard_md"].read_text())
     print(f"benchmark written to {result['out']}")
     return 0

@@ -6,6 +6,10 @@ Writes ``per_case.csv`` (one row per episode: Dice/IoU/HD95/ASD/continuity of th
 and of the noisy annotation) and ``summary.json`` (mean and 95 % CI of each, for the refined
 mask and the annotation). Episode i is the env reset with seed ``seed + i`` (the same
 volumes and noise for every agent). Env options default to the checkpoint's training env.
+
+SECURITY: vA3C checkpoints load tensor-only (``weights_only=True``: no code from the file
+runs). PPO/A2C ``model.zip`` files are stable-baselines3's format, which holds pickled Python
+objects: loading one can run code. Evaluate only zips from a trusted source (your own runs).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ METRICS = ("dice", "iou", "hd95", "asd", "continuity")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="RUN|FILE", help="a run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, metavar="RUN|FILE",
+                   help="a run folder or checkpoint file: vA3C checkpoint.pt (tensor-only, safe to load) or a "
+                        "PPO/A2C model.zip (SB3's format: pickles inside that can run code when loaded -- only "
+                        "from a trusted source)")
     p.add_argument("--episodes", type=int, default=32, help="number of seeded episodes")
     p.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (episode i: seed + i)")
     p.add_argument("--out", default="runs/evaluate", help="folder for per_case.csv and summary.json")
@@ -31,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_policy(path, device):
-    """A policy from any agent's checkpoint (vA3C natively; SB3 agents when available)."""
+    """A policy from any agent's checkpoint (vA3C natively; SB3 agents when available).
+
+    SB3 zips contain pickles that run code when loaded: only from a trusted source."""
     from ..checkpoint import CheckpointError, load_checkpoint
     from ..va3c import KIND, VA3CPolicy, resolve_checkpoint
 
@@ -54,8 +63,13 @@ def _load_policy(path, device):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import mean_ci, run_episodes, write_json, write_per_case_csv
 
+    from ..checkpoint import check_dir_path
+
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_dir_path(args.out, "--out")  # before the episodes run, not after
     policy, trained_env = _load_policy(args.checkpoint, args.device)
     if args.patch_size is None:
         ps = trained_env.get("patch_size", 32)

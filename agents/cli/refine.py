@@ -14,11 +14,14 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN|FILE",
-                   help="a vA3C run folder (its checkpoint.pt) or checkpoint file")
+                   help="a vA3C run folder (its checkpoint.pt) or checkpoint file (tensor-only, loaded without "
+                        "running code from the file; SB3 zips are not accepted)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of NIfTI images")
     p.add_argument("--labels", required=True, metavar="DIR",
                    help="folder of (noisy) NIfTI label volumes, same names as the images")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the refined labels (same file names)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the refined labels (same file names); must not be the images or labels "
+                        "folder -- inputs are never overwritten, and nothing is written unless every case succeeds")
     p.add_argument("--patch-size", type=int, nargs="+", default=None, metavar="N",
                    help="patch size: one int or three (default: the policy's training patch size)")
     p.add_argument("--overlap", type=float, default=0.25, help="fraction of overlap between neighbouring patches")

@@ -22,7 +22,11 @@ TRAINERS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", choices=sorted(TRAINERS), default="va3c", help="which agent to train")
     p.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics.csv, TensorBoard)")
-    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in this folder from its last checkpoint (written back into it). "
+                        "vA3C checkpoint.pt files are tensor-only and safe to load; PPO/A2C model.zip files are "
+                        "SB3's format with pickles inside that can run code when loaded: resume only runs from "
+                        "a trusted source")
     budget = p.add_argument_group("budget")
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     budget.add_argument("--updates", type=int, default=None, help="number of updates (default 200 if no --minutes)")
@@ -30,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="vA3C: asynchronous worker processes (0 = synchronous batched mode)")
     p.add_argument("--num-envs", type=int, default=8, help="environments per worker / rollout batch")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (data, noise, network init)")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="updates between periodic checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="updates between periodic checkpoints (0: only the final one); Ctrl-C finishes the "
+                        "current update and writes one too, then exits with status 130")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_env_arguments(p)
 

@@ -1,0 +1,86 @@
+"""``svl-drl pipeline``: the staged SVL-DRL framework on a folder whose labels are noisy.
+
+    svl-drl pipeline --data Task01 --out runs/pipeline [--minutes 10] [--method svl-drl]
+                     [--stages warmup transition full] [--seed 0] [--device cpu] [--eval-labels CLEAN]
+
+Reads ``DATA/imagesTr`` + ``DATA/labelsTr`` (Decathlon layout; the labels are the noisy
+annotations) and writes ``OUT/refined_labels/*.nii.gz`` (same names, shapes, affines and headers
+as labelsTr), ``OUT/model.pt``, ``OUT/report.json`` and ``OUT/training_curves.png``. See
+``agents.staged`` for the method. Bad input: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..staged.trainer import METHODS
+
+    p.add_argument("--data", required=True, metavar="DIR", help="Decathlon folder: imagesTr/ + noisy labelsTr/")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder (refined labels, model, report)")
+    p.add_argument("--method", choices=METHODS, default="svl-drl",
+                   help="svl-drl (staged RL), noisy (plain training on the given labels) or coteaching "
+                        "(Han et al. 2018); same backbone and budget")
+    b = p.add_argument_group("budget (whichever ends first; default --minutes 10)")
+    b.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
+    b.add_argument("--cpu-minutes", type=float, default=None,
+                   help="CPU-time budget of the process (all threads; not shrunk by other programs)")
+    b.add_argument("--updates", type=int, default=None, help="number of gradient updates")
+    p.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                   help="svl-drl stages to run, of: warmup transition full (default all three; "
+                        "'transition full' is the no-Warmup ablation)")
+    p.add_argument("--rounds", type=int, default=None, help="label-refinement rounds in Full RL (default 2)")
+    p.add_argument("--intensity-every", type=int, default=None, metavar="N",
+                   help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
+                        "(keep / enhance / weaken; default 4; 0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything (sampling, initialisation, agents)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--eval-labels", default=None, metavar="DIR",
+                   help="clean labels (named like labelsTr) to score against -- read only after training")
+    p.add_argument("--label-value", type=int, default=1, help="label value to learn in multi-label files")
+    p.add_argument("--modality", default="auto", choices=("auto", "ct", "mr", "none"),
+                   help="intensity normalisation (auto: dataset.json, else CT if min < -500)")
+    p.add_argument("--backbone", default="unet", choices=("unet", "swin_unetr"),
+                   help="shared encoder: small 3D U-Net, or MONAI's Swin UNETR (needs the monai extra)")
+    p.add_argument("--width", type=int, default=None, help="U-Net channels at full resolution (default 12)")
+    p.add_argument("--patch", type=int, default=None, help="training patch size in voxels (default 32)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..staged.model import MonaiMissingError
+    from ..staged.pipeline import run_pipeline
+
+    for k in ("minutes", "cpu_minutes"):
+        v = getattr(args, k)
+        if v is not None and not v > 0:
+            raise ValueError(f"--{k.replace('_', '-')} must be > 0, got {v}")
+    if args.updates is not None and args.updates < 1:
+        raise ValueError(f"--updates must be >= 1, got {args.updates}")
+    config = {}
+    if args.rounds is not None:
+        config["rounds"] = args.rounds
+    if args.patch is not None:
+        config["patch"] = args.patch
+    if args.intensity_every is not None:
+        config["intensity_every"] = args.intensity_every
+    model_config = {"backbone": args.backbone}
+    if args.width is not None:
+        model_config["width"] = args.width
+    try:
+        report = run_pipeline(args.data, args.out, method=args.method, minutes=args.minutes,
+                              cpu_minutes=args.cpu_minutes, updates=args.updates, stages=args.stages, seed=args.seed,
+                              device=args.device, eval_labels=args.eval_labels, label_value=args.label_value,
+                              modality=args.modality, config=config, model_config=model_config, threads=args.threads,
+                              progress=not args.no_progress)
+    except MonaiMissingError as exc:
+        raise ValueError(str(exc)) from None
+    print(f"{args.method}: {report['updates']} updates, {report['train_cpu_s']:.0f} CPU-s; "
+          f"{len(report['cases'])} refined label volume(s), model and report in {args.out}")
+    ev = report.get("eval")
+    if ev:
+        print(f"Dice vs --eval-labels: given {ev['given_labels']['dice']:.4f}, refined "
+              f"{ev['refined_labels']['dice']:.4f}, model on training images {ev['model_on_training_images']['dice']:.4f}")
+    return 0

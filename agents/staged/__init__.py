@@ -1,0 +1,31 @@
+"""The staged SVL-DRL pipeline for datasets that only have noisy labels.
+
+One network -- a shared 3D encoder with a segmentation, a value and a policy decoder
+(``model.StagedNet``) -- is trained in the paper's stages (``trainer``):
+
+    Warmup      L = L_dice                                   on the given labels
+    Transition  L = (1 - λ) L_dice + λ L_value               + label-agent episodes (critic only)
+    Full RL     L = (1 - α - β) L_dice + α L_value + β L_policy, in rounds; after each round the
+                label agents edit every given annotation, a case's edits are accepted where the
+                agents' net edit stands out from the other cases' and agrees in direction with
+                the segmentation consensus, and the result is the next round's training labels
+                (the dynamic iterative update); every 4th update is an intensity-agent episode
+
+Voxel agents act in ``svl_env.SVLDRLVectorEnv``: label agents (``label_refinement``; the
+``label`` action set, editing the annotation itself) and, optionally, the paper's intensity
+agents (``intensity_agents``; the ``intensity`` action set with this network as segmenter). The
+reward is the environment's Dice + continuity composite against the given annotation (the
+label agents start from a fresh corruption of it by the environment's noise protocol) or the
+current training labels (intensity agents); clean labels are never read in training. Comparators with the same backbone and budget:
+``noisy`` (plain training) and ``coteaching`` (Han et al. 2018). ``pipeline.run_pipeline`` and
+``svl-drl pipeline`` write refined labels, the model and a report; ``segment`` (``svl-drl
+segment``) applies the model to new images of any size.
+"""
+
+from .model import DEFAULT_MODEL, MonaiMissingError, StagedNet, make_model
+from .pipeline import run_pipeline, score_masks
+from .segment import predict_probability, segment_folder
+from .trainer import DEFAULT_TRAIN, METHODS, STAGES, train
+
+__all__ = ["StagedNet", "make_model", "DEFAULT_MODEL", "MonaiMissingError", "run_pipeline", "score_masks",
+           "predict_probability", "segment_folder", "train", "METHODS", "STAGES", "DEFAULT_TRAIN"]

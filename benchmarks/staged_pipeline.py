@@ -1,0 +1,301 @@
+"""Staged SVL-DRL pipeline vs training on the noisy labels, co-teaching and a clean-label upper
+bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
+
+1. Data: a Decathlon folder written from the built-in phantom generator
+   (``svl_env.phantom.generate_phantoms``; default family ``blob`` -- a solid organ, the kind
+   of structure of the paper's LA / pancreas data -- MR-like intensities, volumes of 32..40
+   voxels per side, 1 mm): ``imagesTr/`` + *noisy* ``labelsTr/`` (exactly half of the training
+   cases corrupted by ``svl_env.noise`` protocol ``mt``: dilation or erosion by a cube of side
+   2..4, the project's MT-Noise sized for 32^3 structures), ``imagesTs/``; the clean labels are
+   kept outside that folder (``clean_labelsTr/``, ``clean_labelsTs/``).
+2. Methods, each ``svl-drl pipeline`` in its own process with the same CPU budget
+   (``--cpu-minutes``: ``time.process_time`` of the training process, so other programs
+   competing for the cores change the wall time but hardly the result; one torch thread per
+   process, ``--jobs`` processes at a time):
+   ``noisy`` (plain training on the given labels), ``coteaching`` (Han et al. 2018),
+   ``svl-drl`` (Warmup -> Transition -> Full RL with label-refinement rounds), ``svl-drl
+   without Warmup`` (ablation: ``--stages transition full``), ``svl-drl without intensity
+   agents`` (ablation: ``--intensity-every 0``; by default every 4th Full-RL update is an
+   episode of the paper's intensity agents), and
+   ``clean`` (the noisy method on the clean labels: the upper bound, the only run that sees
+   clean training labels).
+   Each run gets ``--eval-labels clean_labelsTr`` (read after training) for the Dice of its
+   refined training labels and of its model's predictions on the training images.
+3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window); Dice, IoU,
+   HD95, ASD against ``clean_labelsTs`` (``svl_env.metrics``, mean over test cases).
+
+    python benchmarks/staged_pipeline.py [--cpu-minutes 4] [--jobs 2] [--seed 0] [--run-seeds 0,1] \\
+        [--methods ...] [--workdir runs/staged_benchmark] [--out benchmarks/results/staged_pipeline.md]
+
+Every method is trained once per run seed (default two) on the same data: between two runs of
+the same method the test Dice moved by up to 0.1 before the final model became a weight average
+(``trainer.WeightEMA``), so one run per method cannot resolve a 0.03 difference; read the
+per-run column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METHODS = {  # name -> (pipeline args, uses clean training labels)
+    "noisy": (["--method", "noisy"], False),
+    "coteaching": (["--method", "coteaching"], False),
+    "svl-drl": (["--method", "svl-drl"], False),
+    "svl-drl (no Warmup)": (["--method", "svl-drl", "--stages", "transition", "full"], False),
+    "svl-drl (no intensity agents)": (["--method", "svl-drl", "--intensity-every", "0"], False),
+    "clean (upper bound)": (["--method", "noisy"], True),
+}
+DEFAULT_METHODS = ("noisy", "coteaching", "svl-drl", "svl-drl (no Warmup)", "clean (upper bound)")
+
+
+def make_phantom_dataset(root, *, n_train: int = 32, n_test: int = 16, seed: int = 0, size=(32, 40),
+                         families=("blob",), modalities=("mr",), noise: str = "mt", noise_ratio: float = 0.5) -> dict:
+    """Write ``root/data`` (Decathlon: imagesTr, noisy labelsTr, imagesTs, dataset.json) and
+    ``root/clean_labelsTr``, ``root/clean_labelsTs``, ``root/data_clean`` (imagesTr + clean
+    labelsTr, for the upper bound). Exactly ``round(noise_ratio * n_train)`` training cases are
+    corrupted. Returns a summary (Dice of the given labels vs the truth, corrupted cases)."""
+    import nibabel as nib
+    import torch
+
+    from svl_env import rng
+    from svl_env.noise import parse_noise
+    from svl_env.phantom import generate_phantoms
+
+    root = Path(root)
+    g = np.random.default_rng(seed)
+    model = parse_noise(noise)
+    n_cor = int(round(noise_ratio * n_train))
+    corrupted = sorted(int(i) for i in g.permutation(n_train)[:n_cor])
+
+    def write(path, arr, dtype):
+        img = nib.Nifti1Image(np.asarray(arr).astype(dtype), np.eye(4))
+        img.set_data_dtype(dtype)
+        img.header["descrip"] = b"svl-drl phantom benchmark"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, str(path))
+
+    given_dice = []
+    for split, n in (("Tr", n_train), ("Ts", n_test)):
+        for i in range(n):
+            shape = tuple(int(s) for s in g.integers(size[0], size[1] + 1, size=3))
+            key = rng.as_keys([rng.draw_key(g)])
+            img, truth = generate_phantoms(key, shape, families=tuple(families), modalities=tuple(modalities))
+            name = f"phantom_{split.lower()}_{i:03d}"
+            write(root / "data" / f"images{split}" / f"{name}.nii.gz", img[0].numpy(), np.float32)
+            write(root / f"clean_labels{split}" / f"{name}.nii.gz", truth[0].numpy(), np.uint8)
+            if split == "Tr":
+                label = truth
+                if i in corrupted:
+                    label, _ = model(truth, rng.as_keys([rng.draw_key(g)]), 1.0)
+                write(root / "data" / "labelsTr" / f"{name}.nii.gz", label[0].numpy(), np.uint8)
+                write(root / "data_clean" / "labelsTr" / f"{name}.nii.gz", truth[0].numpy(), np.uint8)
+                t, lab = truth[0].numpy(), label[0].numpy()
+                given_dice.append(2.0 * np.logical_and(t, lab).sum() / (t.sum() + lab.sum()))
+    clean_images = root / "data_clean" / "imagesTr"
+    if not clean_images.exists():
+        clean_images.symlink_to((root / "data" / "imagesTr").resolve(), target_is_directory=True)
+    ds = {"name": "phantoms", "modality": {"0": "MR" if "ct" not in modalities else "CT"},
+          "labels": {"0": "background", "1": "structure"}, "numTraining": n_train, "numTest": n_test}
+    for d in ("data", "data_clean"):
+        (root / d / "dataset.json").write_text(json.dumps(ds, indent=1))
+    return {"n_train": n_train, "n_test": n_test, "corrupted": corrupted, "noise": model.name,
+            "noise_ratio": noise_ratio, "families": list(families), "modalities": list(modalities),
+            "size": list(size), "given_label_dice": float(np.mean(given_dice)),
+            "given_label_dice_corrupted": float(np.mean([given_dice[i] for i in corrupted])) if corrupted else 1.0}
+
+
+def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, logdir: Path) -> dict[str, dict]:
+    """Run CLI commands, ``parallel`` at a time; returns {name: {"rc", "wall_s", "log"}}."""
+    pending, running, done = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, cmd = pending.pop(0)
+            log = logdir / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".log")
+            fh = open(log, "w")
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"})
+            running[name] = (proc, fh, time.perf_counter(), log)
+            print(f"  started {name}", flush=True)
+        time.sleep(1.0)
+        for name in list(running):
+            proc, fh, t0, log = running[name]
+            if proc.poll() is not None:
+                fh.close()
+                done[name] = {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "log": str(log)}
+                del running[name]
+                status = "ok" if proc.returncode == 0 else f"FAILED (rc {proc.returncode}, see {log})"
+                print(f"  finished {name}: {status}, {done[name]['wall_s'] / 60:.1f} min wall", flush=True)
+    return done
+
+
+def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
+    from agents.staged.checkpoint import load_model
+    from agents.staged.pipeline import score_masks
+    from agents.staged.segment import predict_probability
+    from svl_env.nifti import load_case
+
+    model, meta = load_model(run_dir)
+    preds, truths, spacings = [], [], []
+    for ip in sorted((data / "imagesTs").glob("*.nii.gz")):
+        case = load_case(ip, clean_ts / ip.name, modality=meta.get("modality", "auto"))
+        preds.append(predict_probability(model, case.image, window=meta.get("window", 64)) > 0.5)
+        truths.append(case.label)
+        spacings.append(case.spacing)
+    return score_masks(preds, truths, spacings)
+
+
+def _fmt(x, nd=4):
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu-minutes", type=float, default=4.0, help="CPU budget per method (process CPU time)")
+    ap.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (one thread each)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the phantom data set")
+    ap.add_argument("--train", type=int, default=32, help="training cases (half of them corrupted)")
+    ap.add_argument("--test", type=int, default=16, help="test cases")
+    ap.add_argument("--families", default="blob", help="phantom families, comma-separated")
+    ap.add_argument("--modalities", default="mr", help="phantom modalities, comma-separated (mr, ct)")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help=f"methods to run, comma-separated, of: {', '.join(METHODS)}")
+    ap.add_argument("--run-seeds", default="0,1",
+                    help="seeds of the training runs (each method once per seed, same data); the table "
+                         "shows means and the spread over them")
+    ap.add_argument("--workdir", default="runs/staged_benchmark", help="data and run folders")
+    ap.add_argument("--out", default="benchmarks/results/staged_pipeline.md", help="Markdown table (+ .json)")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished runs in --workdir (report.json present)")
+    args = ap.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        ap.error(f"unknown method(s) {bad}; valid: {list(METHODS)}")
+    work = Path(args.workdir).resolve()
+    t_start = time.perf_counter()
+    summary_path = work / "dataset_summary.json"
+    if args.reuse and summary_path.is_file():
+        data_summary = json.loads(summary_path.read_text())
+    else:
+        print(f"writing phantom dataset to {work} ...", flush=True)
+        data_summary = make_phantom_dataset(work, n_train=args.train, n_test=args.test, seed=args.seed,
+                                            families=args.families.split(","), modalities=args.modalities.split(","))
+        summary_path.write_text(json.dumps(data_summary, indent=1))
+    print(f"given training labels: Dice vs truth {data_summary['given_label_dice']:.4f} "
+          f"({len(data_summary['corrupted'])}/{data_summary['n_train']} cases corrupted, "
+          f"{data_summary['given_label_dice_corrupted']:.4f} on those)", flush=True)
+
+    seeds = [int(x) for x in args.run_seeds.split(",") if x.strip()]
+    if not seeds:
+        ap.error("--run-seeds needs at least one seed")
+
+    def run_dir(m, sd):
+        return work / "runs" / m.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{sd}"
+
+    jobs = []
+    for sd in seeds:
+        for m in methods:
+            extra, clean = METHODS[m]
+            rd = run_dir(m, sd)
+            if args.reuse and (rd / "report.json").is_file():
+                continue
+            data = work / ("data_clean" if clean else "data")
+            cmd = [sys.executable, "-m", "agents.cli", "pipeline", "--data", str(data), "--out", str(rd),
+                   "--cpu-minutes", str(args.cpu_minutes), "--seed", str(sd), "--threads", "1",
+                   "--eval-labels", str(work / "clean_labelsTr"), "--no-progress", *extra]
+            jobs.append((f"{m} [seed {sd}]", cmd))
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"training {len(jobs)} run(s) ({len(methods)} method(s) x {len(seeds)} seed(s)), "
+          f"{args.cpu_minutes:g} CPU-min each, {args.jobs} at a time ...", flush=True)
+    status = _run_jobs(jobs, max(1, args.jobs), work / "logs")
+
+    rows = []
+    for m in methods:
+        runs = []
+        for sd in seeds:
+            rd = run_dir(m, sd)
+            if not (rd / "report.json").is_file():
+                continue
+            rep = json.loads((rd / "report.json").read_text())
+            test = _test_scores(rd, work / "data", work / "clean_labelsTs")
+            ev = rep.get("eval", {})
+            runs.append({"seed": sd, "test": {k: test[k] for k in ("dice", "iou", "hd95", "asd")},
+                         "test_per_case_dice": test["per_case"]["dice"],
+                         "refined_train_dice": ev.get("refined_labels", {}).get("dice"),
+                         "model_train_dice": ev.get("model_on_training_images", {}).get("dice"),
+                         "label_rounds": ev.get("rounds"), "refined_from": rep.get("refined_labels_from"),
+                         "updates": rep["updates"], "cpu_min": rep["train_cpu_s"] / 60,
+                         "refinements": rep.get("refinements")})
+            print(f"  {m} [seed {sd}]: test Dice {test['dice']:.4f}", flush=True)
+        if len(runs) < len(seeds):
+            failed = [j for j in status if j.startswith(m + " [") and status[j]["rc"] != 0]
+            rows.append({"method": m, "failed": True, "log": ", ".join(status[j]["log"] for j in failed)})
+            continue
+
+        def mean(get):
+            v = np.asarray([get(r) for r in runs], dtype=np.float64)
+            return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+        rows.append({"method": m, "runs": runs,
+                     "test": {k: mean(lambda r, k=k: r["test"][k]) for k in ("dice", "iou", "hd95", "asd")},
+                     "test_dice_runs": [r["test"]["dice"] for r in runs],
+                     "refined_train_dice": mean(lambda r: r["refined_train_dice"]),
+                     "model_train_dice": mean(lambda r: r["model_train_dice"]),
+                     "updates": mean(lambda r: r["updates"])})
+
+    total_min = (time.perf_counter() - t_start) / 60
+    lines = [
+        f"Phantoms ({', '.join(data_summary['families'])}; {', '.join(data_summary['modalities'])}; "
+        f"{data_summary['size'][0]}..{data_summary['size'][1]} voxels per side), {data_summary['n_train']} training "
+        f"cases, {data_summary['n_test']} test cases; MT-Noise (`{data_summary['noise']}`) on "
+        f"{len(data_summary['corrupted'])}/{data_summary['n_train']} training cases (noise ratio "
+        f"{data_summary['noise_ratio']:g}); given training labels: Dice vs truth {data_summary['given_label_dice']:.4f}. "
+        f"Budget: {args.cpu_minutes:g} CPU-minutes of training per run (process CPU time, 1 thread); "
+        f"data seed {args.seed}; every method run with seeds {', '.join(map(str, seeds))} -- means over the runs, "
+        f"and each run's test Dice.",
+        "",
+        "| method | test Dice (mean) | test Dice per run | test IoU | test HD95 (mm) | test ASD (mm) | "
+        "training labels out: Dice vs truth | model on training images: Dice | updates |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| given labels (no training) | – | – | – | – | – | {data_summary['given_label_dice']:.4f} | – | – |",
+    ]
+    for r in rows:
+        if r.get("failed"):
+            lines.append(f"| {r['method']} | failed (see {r['log']}) | | | | | | | |")
+            continue
+        t = r["test"]
+        per = " / ".join(f"{d:.3f}" for d in r["test_dice_runs"])
+        lines.append(f"| {r['method']} | {_fmt(t['dice'])} | {per} | {_fmt(t['iou'])} | {_fmt(t['hd95'], 2)} | "
+                     f"{_fmt(t['asd'], 2)} | {_fmt(r['refined_train_dice'])} | {_fmt(r['model_train_dice'])} | "
+                     f"{r['updates']:.0f} |")
+    lines += ["", "\"training labels out\": the pipeline's `refined_labels/` (svl-drl: the label agents' last "
+              "round; noisy, co-teaching, clean: the model's predictions on the training images).",
+              f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores ({platform.processor() or platform.machine()}).",
+              f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "
+              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))}`"]
+    table = "\n".join(lines)
+    print()
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"dataset": data_summary, "args": vars(args), "rows": rows,
+                                                    "total_wall_min": total_min}, indent=1, default=str))
+    return 0 if not any(r.get("failed") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

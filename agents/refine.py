@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 
 from svl_env import CHANNEL_NAMES
 from svl_env.dynamics import apply_label_actions, neighbourhood_mean
-
-_NIFTI_EXTS = (".nii.gz", ".nii")
+from svl_env.nifti import list_nifti, nifti_stem
 
 
 def observe(image: torch.Tensor, mask: torch.Tensor, annotation: torch.Tensor, t: int, max_steps: int) -> torch.Tensor:
@@ -119,34 +118,14 @@ def refine_volume(policy, image: np.ndarray, label: np.ndarray, *, patch_size=32
     return out[: shape[0], : shape[1], : shape[2]].bool().cpu().numpy()
 
 
-def _stem(name: str) -> str:
-    low = name.lower()
-    for ext in _NIFTI_EXTS:
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def _nifti_files(folder: Path, what: str) -> list[Path]:
-    if not folder.exists():
-        raise FileNotFoundError(f"{what} folder not found: {folder}")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{what} path is not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_NIFTI_EXTS))
-    if not files:
-        raise FileNotFoundError(f"{what} folder has no .nii/.nii.gz files: {folder}")
-    return files
-
-
 def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
     """(name, image path, label path) for every label file; a missing image raises FileNotFoundError."""
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    labels = _nifti_files(labels_dir, "labels")
-    images = {_stem(p.name): p for p in _nifti_files(images_dir, "images")}
+    labels = list_nifti(labels_dir, "labels")
+    images = {nifti_stem(p): p for p in list_nifti(images_dir, "images")}
     pairs = []
     for lp in labels:
-        stem = _stem(lp.name)
+        stem = nifti_stem(lp)
         ip = images.get(stem) or images.get(stem + "_0000")
         if ip is None:
             raise FileNotFoundError(f"no image for label {lp} in {images_dir} (expected {stem}.nii.gz)")

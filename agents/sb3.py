@@ -207,7 +207,7 @@ class TrainingCallback(BaseCallback):
         self.every = checkpoint_every
         self.algo = algo
         self.updates = 0
-        self._t0 = self._t_iter = 0.0
+        self._t0 = self._t_iter = self._wall0 = 0.0
         self._last_iter = 0.0
         self._stop = False
         self.interrupted = False  # set by Ctrl-C (agents.interrupt): stop at the next step
@@ -215,6 +215,7 @@ class TrainingCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._t0 = self._t_iter = self.clock()
+        self._wall0 = time.perf_counter()
         if self.budget is not None:
             self.bar = tqdm(total=round(self.budget), unit="s", desc=f"train {self.algo}", disable=not self.progress)
         else:
@@ -232,7 +233,8 @@ class TrainingCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.updates += 1
-        self.logger.record("time/minutes", (self.clock() - self._t0) / 60.0)
+        # wall-clock minutes whatever the budget's clock (a CPU budget is logged by its bar)
+        self.logger.record("time/minutes", (time.perf_counter() - self._wall0) / 60.0)
 
     def _on_step(self) -> bool:
         dones, infos = self.locals.get("dones"), self.locals.get("infos")

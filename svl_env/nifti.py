@@ -92,6 +92,46 @@ def _is_nifti_name(name: str) -> bool:
     return not name.startswith(".") and low.endswith(_NIFTI_EXTS)
 
 
+def nifti_stem(path: Path | str) -> str:
+    """File name without ``.nii``/``.nii.gz`` (case name)."""
+    return _stem(path)
+
+
+def list_nifti(folder: Path | str, what: str) -> list[Path]:
+    """Sorted ``.nii``/``.nii.gz`` files of ``folder`` (hidden files skipped).
+
+    Raises FileNotFoundError (missing or empty folder) / NotADirectoryError naming ``what``."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{what} folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} path is not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if _is_nifti_name(p.name) and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{what} folder has no .nii/.nii.gz files: {folder}")
+    return files
+
+
+def save_nifti_atomic(img, out_path: Path) -> Path:
+    """``nib.save`` through a temporary file in the same folder and a rename: a crash never
+    leaves a half-written NIfTI at ``out_path``."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if out_path.name.lower().endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix="." + out_path.name + ".", suffix=".tmp" + suffix)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return out_path
+
+
 def _canon_modality(modality: str) -> str:
     m = str(modality).strip().lower()
     if m == "mri":
@@ -639,18 +679,4 @@ def save_label_like(mask: np.ndarray, reference_label_path, out_path) -> Path:
     header = ref.header.copy()
     img = type(ref)(data, ref.affine, header=header)
     img.set_data_dtype(dtype)
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out_path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix="." + out_path.name + ".", suffix=".tmp" + suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out_path
+    return save_nifti_atomic(img, out_path)

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help=f"preset that finishes in ~15 min on 2 CPU cores, training included: all built-in agents, "
+                   help=f"preset sized for ~15 min on 2 idle CPU cores, training included: all built-in agents, "
                         f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
                         f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes; "
                         f"explicit options override it")

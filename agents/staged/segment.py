@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from svl_env.nifti import list_nifti, nifti_stem, save_nifti_atomic
+
 from ..refine import grid_starts
 
 __all__ = ["window_starts", "sliding_window", "predict_probability", "segment_folder", "save_mask_like_image",
            "DEFAULT_WINDOW"]
 
 DEFAULT_WINDOW = 64
-_NIFTI_EXTS = (".nii.gz", ".nii")
 
 
 def _triple(p) -> tuple[int, int, int]:
@@ -108,11 +109,6 @@ def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, over
 
 def save_mask_like_image(mask: np.ndarray, image_path, out_path, label_value: int = 1) -> Path:
     """Write a binary mask with the image's affine and header (data type uint8), atomically."""
-    import os
-    import tempfile
-
-    import nibabel as nib
-
     from svl_env.nifti import _load_nifti, _spatial_shape
 
     image_path, out_path = Path(image_path), Path(out_path)
@@ -131,27 +127,16 @@ def save_mask_like_image(mask: np.ndarray, image_path, out_path, label_value: in
     img = type(ref)(data, ref.affine, header=header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if out_path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix="." + out_path.name + ".", suffix=".tmp" + suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out_path
+    return save_nifti_atomic(img, out_path)
 
 
 def _out_name(image_path: Path) -> str:
     """nnU-Net's channel suffix is dropped: ``case_0000.nii.gz`` -> ``case.nii.gz``."""
-    from svl_env.nifti import _CHANNEL_RE, _stem
+    from svl_env.nifti import _CHANNEL_RE
 
     name = image_path.name
     ext = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
-    stem = _stem(image_path)
+    stem = nifti_stem(image_path)
     m = _CHANNEL_RE.match(stem)
     if m and m.group("ch") == "0000":
         stem = m.group("case")
@@ -172,14 +157,7 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
 
     model, meta = load_model(model_path, device=device)
     images = Path(images)
-    if not images.exists():
-        raise FileNotFoundError(f"images folder not found: {images}")
-    if not images.is_dir():
-        raise NotADirectoryError(f"images path is not a folder: {images}")
-    files = sorted(p for p in images.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_NIFTI_EXTS))
-    if not files:
-        raise FileNotFoundError(f"images folder has no .nii/.nii.gz files: {images}")
+    files = list_nifti(images, "images")
     out = Path(out)
     if out.resolve() == images.resolve():
         raise ValueError(f"--out {out} is the images folder: inputs are never overwritten, choose another folder")

@@ -19,8 +19,10 @@ of the model the config builds, all finite. A checkpoint that fails any check ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,31 @@ def ensure_dir(path, what: str = "output folder") -> Path:
     path = check_dir_path(path, what)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def all_or_nothing(out, what: str = "--out", prefix: str = ".staging-"):
+    """Write a folder's files all or nothing: yields a hidden staging folder inside ``out``;
+    when the block ends without error its files are moved into ``out`` (each move atomic: same
+    file system). On any error (or Ctrl-C) the staging folder and the folders this call created
+    are removed, so ``out`` is left as it was."""
+    out = Path(out)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    ensure_dir(out, what)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out))
+    try:
+        yield staging
+        for p in sorted(staging.iterdir()):
+            os.replace(p, out / p.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in created:  # deepest first, only if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_stale_temporaries(folder, name: str) -> list[Path]:

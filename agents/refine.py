@@ -17,8 +17,6 @@ and on-disk dtype (``svl_env.nifti.save_label_like``).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +132,14 @@ def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
 
 
 def load_policy(checkpoint, device="cpu"):
-    """A vA3C policy and its env settings (patch size, max_steps) from a run folder or file."""
-    from .va3c import VA3CPolicy
+    """A vA3C (or RLlib PPO) policy and its env settings (patch size, max_steps) from a run
+    folder or file; both are the project's tensor-only checkpoints."""
+    from .checkpoint import load_checkpoint
+    from .rllib import KIND as RLLIB_KIND, RLlibPolicy
+    from .va3c import KIND, VA3CPolicy, resolve_checkpoint
 
-    pol = VA3CPolicy.load(checkpoint, device=device)
+    ck = load_checkpoint(resolve_checkpoint(checkpoint), (KIND, RLLIB_KIND))
+    pol = (RLlibPolicy if ck["kind"] == RLLIB_KIND else VA3CPolicy).from_checkpoint(ck, device=device)
     env = pol.config.get("env", {}) or {}
     if env.get("action_set", "label") != "label":
         raise ValueError(f"{checkpoint}: refine needs a policy trained with label actions, "
@@ -178,7 +180,7 @@ def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps
     """
     from svl_env.nifti import load_case, save_label_like
 
-    from .checkpoint import ensure_dir
+    from .checkpoint import all_or_nothing
 
     policy, env = load_policy(checkpoint, device=device)
     pairs = pair_files(images, labels)
@@ -186,29 +188,12 @@ def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps
     check_output_paths(out, pairs, images, labels)
     patch = patch_size if patch_size is not None else env.get("patch_size", 32)
     steps = int(max_steps if max_steps is not None else env.get("max_steps", 5))
-    created = [p for p in (out, *out.parents) if not p.exists()]
-    ensure_dir(out, "--out")
-    staging = Path(tempfile.mkdtemp(prefix=".refine-staging-", dir=out))
-    staged = []
-    try:
+    value = 1 if label_value is None else int(label_value)
+    with all_or_nothing(out, "--out", prefix=".refine-staging-") as staging:
         for name, ip, lp in tqdm(pairs, desc="cases", unit="case", disable=not progress):
             case = load_case(ip, lp, label_value=label_value, modality=modality, name=name)
             refined = refine_volume(policy, case.image, case.label, patch_size=patch, max_steps=steps,
                                     overlap=overlap, batch_size=batch_size, device=device, progress=progress,
                                     desc=name)
-            value = 1 if label_value is None else int(label_value)
-            staged.append(save_label_like(refined.astype(np.int64) * value, lp, staging / lp.name))
-        written = []
-        for p in staged:
-            os.replace(p, out / p.name)  # same folder tree: each move is atomic
-            written.append(out / p.name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for d in created:  # folders this call made (deepest first), if they stayed empty
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return written
+            save_label_like(refined.astype(np.int64) * value, lp, staging / lp.name)
+    return [out / lp.name for _, _, lp in pairs]

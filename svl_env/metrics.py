@@ -13,6 +13,9 @@ Edge cases (documented once, here):
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.ndimage as ndi
 import torch
@@ -63,18 +66,43 @@ _STRUCT_26 = np.zeros((3, 3, 3, 3), dtype=bool)
 _STRUCT_26[1] = True
 
 
+def _count_rows(m: np.ndarray) -> np.ndarray:
+    labels, _ = ndi.label(m, structure=_STRUCT_26)
+    row_max = labels.reshape(labels.shape[0], -1).max(1) if labels.size else np.zeros(len(m), np.int64)
+    prev = np.concatenate([[0], np.maximum.accumulate(row_max)[:-1]])
+    return np.where(row_max > 0, row_max - prev, 0)
+
+
+# scipy's label runs single-threaded but releases the GIL, so a batch split over a small thread
+# pool labels on every core torch may use; a single env (one row) never pays for the pool.
+_POOL: dict = {}  # (pid, workers) -> pool; a forked child must not reuse its parent's threads
+_MIN_VOXELS_PER_CHUNK = 1 << 16  # below this, thread hand-off costs more than it saves
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    key = (os.getpid(), workers)
+    if key not in _POOL:
+        for old in _POOL.values():
+            old.shutdown(wait=False)
+        _POOL.clear()
+        _POOL[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="svl-label")
+    return _POOL[key]
+
+
 def n_components(mask: torch.Tensor) -> torch.Tensor:
     """Number of 26-connected foreground components per row, (B,) int64 on mask.device.
 
     Runs on the host (scipy): labels are assigned in raster order, so row b's labels form a
-    contiguous range and the per-row count is a difference of running maxima -- one call,
-    no loop over rows. This is the one host round-trip of an environment step.
+    contiguous range and the per-row count is a difference of running maxima -- one call per
+    chunk of rows, no loop over rows. Large batches are split into ``torch.get_num_threads()``
+    chunks labelled concurrently. This is the one host round-trip of an environment step.
     """
     m = mask.detach().to("cpu", torch.bool).numpy()
-    labels, _ = ndi.label(m, structure=_STRUCT_26)
-    row_max = labels.reshape(labels.shape[0], -1).max(1) if labels.size else np.zeros(len(m), np.int64)
-    prev = np.concatenate([[0], np.maximum.accumulate(row_max)[:-1]])
-    counts = np.where(row_max > 0, row_max - prev, 0)
+    chunks = min(torch.get_num_threads(), len(m), max(1, m.size // _MIN_VOXELS_PER_CHUNK))
+    if chunks <= 1:
+        counts = _count_rows(m)
+    else:
+        counts = np.concatenate(list(_pool(chunks).map(_count_rows, np.array_split(m, chunks))))
     return torch.as_tensor(counts, dtype=torch.int64, device=mask.device)
 
 

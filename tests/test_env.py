@@ -297,3 +297,23 @@ def test_registration_is_idempotent():
         importlib.reload(envs_registry)
     assert "SVLDRL-v0" in gym.registry
     assert svl_env.__version__
+
+
+def test_component_count_is_the_same_whether_the_batch_is_split_or_not():
+    """n_components labels large batches in concurrent chunks; each row's count must equal
+    scipy's count for that row alone (26-connectivity), whatever the thread count."""
+    import scipy.ndimage as ndi
+
+    from svl_env import metrics as M
+
+    g = torch.Generator().manual_seed(3)
+    m = (torch.rand(7, 40, 40, 40, generator=g) > 0.7).float()
+    m[2] = 0  # an empty row between non-empty ones
+    ref = [ndi.label(r.numpy() > 0, structure=np.ones((3, 3, 3), bool))[1] for r in m]
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            assert M.n_components(m).tolist() == ref
+    finally:
+        torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ The contract checked for each row:
 - API entry points raise a *named* exception (``DataError``, ``CheckpointError``,
   ``InsufficientMemoryError``, ``FileNotFoundError``, ``NotADirectoryError`` or ``ValueError``)
   whose message is one line naming the file (or option) and the problem;
-- CLI entry points (``svl-drl train|evaluate|refine``) exit with status 2 and print exactly one
+- CLI entry points (``svl-drl train|evaluate|refine|pipeline|segment``) exit with status 2 and print exactly one
   line on stderr, naming the file (or option) and the problem -- no traceback;
 - no partial output: the ``--out`` folder does not exist afterwards (or is unchanged), and a
   malicious checkpoint never runs its payload.
@@ -103,7 +103,9 @@ class Input:
 INPUTS: list[Input] = []
 
 
-def data_case(id, names, surfaces=("api", "train", "refine"), exc=DataError, **writers):
+def data_case(id, names, surfaces=None, exc=DataError, **writers):
+    if surfaces is None:  # a bad image also reaches `segment`, which reads no labels
+        surfaces = ("api", "train", "refine", "pipeline") + (("segment",) if "image_writer" in writers else ())
     INPUTS.append(Input(id, "data", lambda tmp: _folder(tmp / "data", **writers), names, surfaces, exc))
 
 
@@ -171,7 +173,7 @@ def _layout(fn):
     return build
 
 
-def layout_case(id, names, fn, exc=FileNotFoundError, surfaces=("api", "train")):
+def layout_case(id, names, fn, exc=FileNotFoundError, surfaces=("api", "train", "pipeline")):
     INPUTS.append(Input(id, "layout", _layout(fn), names, surfaces, exc))
 
 
@@ -195,7 +197,7 @@ layout_case("duplicate-case-name", ("case_b", "also used by"),
             lambda r: (_folder(r), _nii(r / "imagesTr" / "case_b.nii", img0), _nii(r / "labelsTr" / "case_b.nii", lab0)),
             exc=DataError)
 INPUTS.append(Input("label-value-absent-everywhere", "layout", lambda tmp: _folder(tmp / "data"),
-                    ("label value 7", "empty"), ("train",), ValueError, ("--label-value", "7")))
+                    ("label value 7", "empty"), ("train", "pipeline"), ValueError, ("--label-value", "7")))
 
 
 # -- bad command-line arguments (train unless said otherwise)
@@ -224,6 +226,12 @@ arg_case("ppo-with-workers", ["--agent", "ppo", "--workers", "2"], ("--workers",
 arg_case("evaluate-zero-episodes", ["--episodes", "0"], ("--episodes", ">= 1"), command="evaluate")
 arg_case("refine-batch-size-zero", ["--batch-size", "0"], ("--batch-size", ">= 1"), command="refine")
 arg_case("refine-overlap-one", ["--overlap", "1.0"], ("overlap", "[0, 1)"), command="refine")
+arg_case("pipeline-minutes-zero", ["--minutes", "0"], ("--minutes", "> 0"), command="pipeline")
+arg_case("pipeline-method-unknown", ["--method", "dropout"], ("--method", "invalid choice"), command="pipeline")
+arg_case("pipeline-stage-unknown", ["--stages", "warmup", "polish"], ("polish",), command="pipeline")
+arg_case("pipeline-patch-too-small", ["--patch", "1"], ("patch", ">= 4"), command="pipeline")
+arg_case("segment-window-two-ints", ["--window", "8", "8"], ("--window", "one or three"), command="segment")
+arg_case("segment-overlap-one", ["--overlap", "1.0"], ("--overlap", "[0, 1)"), command="segment")
 if not torch.cuda.is_available():
     arg_case("device-cuda-absent", ["--device", "cuda"], ("'cuda'", "CUDA is not available"))
 
@@ -238,6 +246,8 @@ out_case("evaluate-out-is-a-file", ("is an existing file",), "evaluate")
 out_case("refine-out-is-labels-folder", ("labels folder", "never overwritten"), "refine")
 out_case("refine-out-is-images-folder", ("images folder", "never overwritten"), "refine")
 out_case("refine-out-links-to-labels", ("labels folder", "never overwritten"), "refine")
+out_case("pipeline-out-is-a-file", ("is an existing file",), "pipeline")
+out_case("segment-out-is-images-folder", ("images folder", "never overwritten"), "segment")
 out_case("refine-output-file-links-to-input", ("case_a.nii.gz", "resolves to an input file"), "refine")
 
 
@@ -342,6 +352,14 @@ ckpt_case("sb3-zip-truncated", ("model.zip", "not a stable-baselines3 model zip"
           _raw(lambda p, b: p.with_name("model.zip").write_bytes(b"PK\x03\x04junk"), name="model.zip"),
           surfaces=("evaluate",))
 
+# -- staged-pipeline models given to `segment`
+ckpt_case("segment-model-is-a-va3c-checkpoint", ("checkpoint.pt", "va3c"), lambda tmp: tmp / "base" / "checkpoint.pt",
+          surfaces=("segment",))
+ckpt_case("segment-model-garbage", ("model.pt",), _raw(lambda p, b: p.with_name("model.pt").write_bytes(b"\x00junk" * 50),
+                                                       name="model.pt"), surfaces=("segment",))
+ckpt_case("segment-model-missing", ("no_run", "not found"), lambda tmp: tmp / "no_run", surfaces=("segment",),
+          exc=FileNotFoundError)
+
 
 ROWS = [pytest.param(inp, s, id=f"{inp.category}:{inp.id}[{s}]") for inp in INPUTS for s in inp.surfaces]
 N_INPUTS = len(INPUTS)
@@ -356,6 +374,10 @@ def base(tmp_path_factory):
     run.run()  # one update: the optimizer state exists
     run.save(root / "base" / "checkpoint.pt")
     _folder(root / "good", good=True)
+    from agents.staged.pipeline import run_pipeline
+
+    run_pipeline(root / "good", root / "staged", method="noisy", updates=1, config={"patch": 8},
+                 model_config={"width": 4}, progress=False, plot=False)
     return root
 
 
@@ -396,16 +418,18 @@ def test_malformed_input_is_refused_cleanly(inp: Input, surface: str, base, tmp_
     good = base / "good"
     tiny_train = ["train", "--agent", "va3c", "--updates", "1", "--num-envs", "1", "--patch-size", "8",
                   "--max-steps", "1", "--no-progress"]
+    tiny_pipeline = ["pipeline", "--updates", "1", "--patch", "8", "--width", "4", "--no-progress"]
+    staged = base / "staged"
 
     if inp.category == "outputs":  # the input is fine, the output path is the problem
-        if inp.id == "train-out-is-a-file" or inp.id == "evaluate-out-is-a-file":
+        if inp.id.endswith("-out-is-a-file"):
             (tmp_path / "afile").write_text("keep me")
             out = tmp_path / "afile" / "sub"
         imgs, labs = tmp_path / "in" / "imagesTr", tmp_path / "in" / "labelsTr"
         shutil.copytree(good, tmp_path / "in")
         if inp.id == "refine-out-is-labels-folder":
             out = labs
-        elif inp.id == "refine-out-is-images-folder":
+        elif inp.id in ("refine-out-is-images-folder", "segment-out-is-images-folder"):
             out = imgs
         elif inp.id == "refine-out-links-to-labels":
             out = tmp_path / "link"
@@ -419,6 +443,10 @@ def test_malformed_input_is_refused_cleanly(inp: Input, surface: str, base, tmp_
             argv = tiny_train + ["--out", out]
         elif surface == "evaluate":
             argv = ["evaluate", "--checkpoint", tmp_path / "base", "--episodes", "1", "--no-progress", "--out", out]
+        elif surface == "pipeline":
+            argv = tiny_pipeline + ["--data", tmp_path / "in", "--out", out]
+        elif surface == "segment":
+            argv = ["segment", "--model", staged, "--images", imgs, "--out", out, "--no-progress"]
         else:
             argv = ["refine", "--checkpoint", tmp_path / "base", "--images", imgs, "--labels", labs,
                     "--out", out, "--no-progress"]
@@ -449,17 +477,27 @@ def test_malformed_input_is_refused_cleanly(inp: Input, surface: str, base, tmp_
                 argv = argv[:1] + argv[3:]
         elif surface == "evaluate":
             argv = ["evaluate", "--checkpoint", tmp_path / "base", "--out", out, "--no-progress", *target]
+        elif surface == "pipeline":
+            argv = tiny_pipeline + ["--data", good, "--out", out, *target]
+        elif surface == "segment":
+            argv = ["segment", "--model", staged, "--images", good / "imagesTr", "--out", out, "--no-progress", *target]
         else:
             argv = ["refine", "--checkpoint", tmp_path / "base", "--images", good / "imagesTr", "--labels",
                     good / "labelsTr", "--out", out, "--no-progress", *target]
     elif inp.category in ("data", "layout"):
         if surface == "train":
             argv = tiny_train + ["--data", target, "--out", out, *inp.extra_args]
+        elif surface == "pipeline":
+            argv = tiny_pipeline + ["--data", target, "--out", out, *inp.extra_args]
+        elif surface == "segment":
+            argv = ["segment", "--model", staged, "--images", target / "imagesTr", "--out", out, "--no-progress"]
         else:  # refine: the good case_a comes first, so a partial run would already have written it
             argv = ["refine", "--checkpoint", tmp_path / "base", "--images", target / "imagesTr", "--labels",
                     target / "labelsTr", "--out", out, "--no-progress"]
     else:  # checkpoints
-        if surface == "refine":
+        if surface == "segment":
+            argv = ["segment", "--model", target, "--images", good / "imagesTr", "--out", out, "--no-progress"]
+        elif surface == "refine":
             argv = ["refine", "--checkpoint", target, "--images", good / "imagesTr", "--labels", good / "labelsTr",
                     "--out", out, "--no-progress"]
         elif surface == "evaluate":

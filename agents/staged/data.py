@@ -154,4 +154,8 @@ def load_training_set(root, *, label_value: int | None = 1, modality: str = "aut
     for c in cases:
         if min(c.shape) < 2:
             raise DataError(f"{c.image_path}: volume {c.shape} is too small (at least 2 voxels per axis)")
+    if label_value is not None and not any(bool(c.label.any()) for c in cases):
+        # same refusal as `train --data`: training on all-empty masks would "succeed" uselessly
+        raise ValueError(f"no case in {root} has voxels with label value {label_value} "
+                         "(--label-value): every label mask would be empty")
     return TrainingSet(cases, fg_prob=fg_prob)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, check_dir_path
 from ..va3c import Budget
 from .checkpoint import MODEL_FILE, save_model
 from .data import load_training_set
@@ -94,8 +94,7 @@ def _check_out(out: Path, data: Path) -> None:
     d, o = data.resolve(), out.resolve()
     if o == d or o in (d / "imagesTr", d / "labelsTr", d / "imagesTs"):
         raise ValueError(f"--out {out} would overwrite the input folder {data}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    check_dir_path(out, "--out")  # before training, not after it
 
 
 def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = None,

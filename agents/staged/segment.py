@@ -153,6 +153,7 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
     """
     from svl_env.nifti import load_case
 
+    from ..checkpoint import all_or_nothing
     from .checkpoint import load_model
 
     model, meta = load_model(model_path, device=device)
@@ -163,10 +164,11 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
         raise ValueError(f"--out {out} is the images folder: inputs are never overwritten, choose another folder")
     mod = modality or meta.get("modality", "auto")
     win = window if window is not None else meta.get("window", DEFAULT_WINDOW)
-    written = []
-    for ip in tqdm(files, desc="segment", unit="image", disable=not progress):
-        case = load_case(ip, None, modality=mod)
-        prob = predict_probability(model, case.image, window=win, overlap=overlap, batch_size=batch_size,
-                                   device=device, progress=progress, desc=case.name)
-        written.append(save_mask_like_image(prob > 0.5, ip, out / _out_name(ip), label_value))
-    return written
+    # all or nothing, like refine: a bad image late in the folder leaves no partial set of masks
+    with all_or_nothing(out, "--out", prefix=".segment-staging-") as staging:
+        for ip in tqdm(files, desc="segment", unit="image", disable=not progress):
+            case = load_case(ip, None, modality=mod)
+            prob = predict_probability(model, case.image, window=win, overlap=overlap, batch_size=batch_size,
+                                       device=device, progress=progress, desc=case.name)
+            save_mask_like_image(prob > 0.5, ip, staging / _out_name(ip), label_value)
+    return [out / _out_name(ip) for ip in files]

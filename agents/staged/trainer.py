@@ -94,6 +94,8 @@ def make_train_config(**overrides) -> dict:
     for k in ("patch", "batch", "agent_envs", "agent_steps", "rounds", "window", "intensity_steps"):
         if int(cfg[k]) < 1:
             raise ValueError(f"{k} must be >= 1, got {cfg[k]!r}")
+    if int(cfg["patch"]) < 4:  # the agents' 3x3x3 neighbourhoods and the continuity term need room
+        raise ValueError(f"patch must be >= 4 voxels, got {cfg['patch']!r}")
     for k in ("ema", "warmup_frac", "transition_frac", "agent_noise_ratio", "refine_confidence", "forget_rate",
               "forget_ramp", "gamma", "lr_min_frac"):
         if not 0.0 <= float(cfg[k]) <= 1.0:

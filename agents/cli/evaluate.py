@@ -24,7 +24,7 @@ METRICS = ("dice", "iou", "hd95", "asd", "continuity")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN|FILE",
-                   help="a run folder or checkpoint file: vA3C checkpoint.pt (tensor-only, safe to load) or a "
+                   help="a run folder or checkpoint file: vA3C or rllib-ppo checkpoint.pt (tensor-only, safe to load) or a "
                         "PPO/A2C model.zip (SB3's format: pickles inside that can run code when loaded -- only "
                         "from a trusted source)")
     p.add_argument("--episodes", type=int, default=32, help="number of seeded episodes")
@@ -55,8 +55,11 @@ def _load_policy(path, device):
         except ImportError as exc:  # pragma: no cover
             raise CheckpointError(f"{p}: SB3 checkpoints need agents.sb3 ({exc})") from None
         return load_sb3(p, device=device), {}
-    ck = load_checkpoint(resolve_checkpoint(p), KIND)
-    pol = VA3CPolicy.from_checkpoint(ck, device=device)
+    from ..rllib import KIND as RLLIB_KIND, RLlibPolicy  # torch only: no Ray needed to act
+
+    # both tensor-only formats (vA3C, RLlib PPO): the kind recorded in the file picks the class
+    ck = load_checkpoint(resolve_checkpoint(p), (KIND, RLLIB_KIND))
+    pol = (RLlibPolicy if ck["kind"] == RLLIB_KIND else VA3CPolicy).from_checkpoint(ck, device=device)
     return pol, ck["config"].get("env", {}) or {}
 
 

@@ -16,6 +16,8 @@ TRAINERS = {
     "va3c": "agents.va3c_train:train_from_args",
     "ppo": "agents.sb3:train_from_args",
     "a2c": "agents.sb3:train_from_args",
+    # PPO on Ray RLlib, distributed env runners; needs the extra: pip install "svl-drl[rllib]"
+    "rllib-ppo": "agents.rllib:train_from_args",
 }
 
 
@@ -32,7 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--updates", type=int, default=None, help="number of updates (default 200 if no --minutes)")
     p.add_argument("--workers", type=int, default=0,
                    help="vA3C: asynchronous worker processes (0 = synchronous batched mode)")
-    p.add_argument("--num-envs", type=int, default=8, help="environments per worker / rollout batch")
+    p.add_argument("--num-envs", type=int, default=8, help="environments per worker / rollout batch "
+                                                             "(rllib-ppo: per env runner)")
+    ray = p.add_argument_group("rllib-ppo (Ray RLlib; pip install \"svl-drl[rllib]\")")
+    ray.add_argument("--num-env-runners", type=int, default=None,
+                     help="Ray actors stepping environments in parallel (default 2; 0: sample in the driver)")
+    ray.add_argument("--address", default=None,
+                     help="an existing Ray cluster to run on ('auto', HOST:PORT or ray://HOST:10001); "
+                          "default: start a local Ray instance")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (data, noise, network init)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="updates between periodic checkpoints (0: only the final one); Ctrl-C finishes the "
                         "current update and writes one too, then exits with status 130")
@@ -41,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.agent != "rllib-ppo" and (args.num_env_runners is not None or args.address is not None):
+        raise ValueError("--num-env-runners and --address apply to --agent rllib-ppo only")
     mod, fn = TRAINERS[args.agent].split(":")
     run_dir = getattr(importlib.import_module(mod), fn)(args)
     print(f"run written to {run_dir}")

@@ -128,6 +128,22 @@ def test_cli_learned_agents_checkpoint_and_budget(tmp_path):
     assert (out / "runs" / "a2c" / "model.zip").is_file()
 
 
+def test_learned_agents_trained_in_parallel(tmp_path):
+    """--train-jobs 2: vA3C and A2C train at once in two processes on CPU budgets; both are
+    loaded back from their run folders and scored; wall budgets are refused for parallel jobs."""
+    out = tmp_path / "par"
+    argv = ["benchmark", "--agents", "identity,va3c,a2c", "--train-minutes", "0.03", "--clock", "cpu",
+            "--train-jobs", "2", "--episodes", "2", "--patch-size", "10", "--max-steps", "2", "--overlays", "0",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    names = [r["policy"] for r in B.leaderboard_from_per_case(out / "per_case.csv")]
+    assert set(names) == {"identity", "vA3C", "A2C (SB3)"}
+    assert (out / "runs" / "va3c" / "checkpoint.pt").is_file() and (out / "runs" / "a2c" / "model.zip").is_file()
+    assert "in parallel with 1 other" in (out / "leaderboard.md").read_text()
+    with pytest.raises(ValueError, match="CPU-time budgets"):
+        B.run(agents="va3c,a2c", env_kwargs=ENV, episodes=2, out=tmp_path / "w", train_minutes=0.03, train_jobs=2)
+
+
 def test_custom_agent_example_runs(tmp_path):
     """examples/custom_agent.py end to end (small settings) and the same class through --custom."""
     out = tmp_path / "custom"

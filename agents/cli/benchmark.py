@@ -54,12 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"preset sized for ~15 min on 2 idle CPU cores, training included: all built-in agents, "
                         f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
-                        f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes; "
+                        f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes "
+                        f"(vA3C on {QUICK['train_config']['va3c']['num_envs']} envs per update), trained "
+                        f"{QUICK['train_jobs']} at once; "
                         f"explicit options override it")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
     p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
                    help="number of cases drawn as slice overlays (default: 3)")
     p.add_argument("--workers", type=int, default=0, help="vA3C asynchronous workers while training (0 = synchronous)")
+    p.add_argument("--train-jobs", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="learned agents trained at once, one process each (needs --clock cpu; default 1, "
+                        f"--quick {QUICK['train_jobs']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_env_arguments(p)
 
@@ -72,12 +77,18 @@ def run(args: argparse.Namespace) -> int:
     episodes, overlays = getattr(args, "episodes", None), getattr(args, "overlays", None)
     minutes = getattr(args, "train_minutes", None)
     clock = getattr(args, "clock", None)
+    jobs = getattr(args, "train_jobs", None)
     if args.quick:
         clock = clock if clock is not None else B.QUICK["clock"]
         agents = agents if agents is not None else ",".join(B.DEFAULT_AGENTS)
         episodes = episodes if episodes is not None else B.QUICK["episodes"]
         overlays = overlays if overlays is not None else B.QUICK["overlays"]
         minutes = minutes if minutes is not None else dict(B.QUICK["train_minutes"])
+        train_config = dict(B.QUICK["train_config"])
+        jobs = jobs if jobs is not None else (B.QUICK["train_jobs"] if clock == "cpu" else 1)
+    else:
+        train_config = None
+    jobs = 1 if jobs is None else jobs
     if agents is None:
         agents = ",".join(B.DEFAULT_AGENTS) if not args.custom else ""
     episodes = 32 if episodes is None else episodes
@@ -93,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     custom = [B.load_custom(spec) for spec in args.custom]
     result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
-                   progress=not args.no_progress, workers=args.workers, clock=clock or "wall")
+                   progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
+                   train_config=train_config, train_jobs=jobs)
     print(result["leaderboard_md"].read_text())
     print(f"benchmark written to {result['out']}")
     return 0

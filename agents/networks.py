@@ -183,3 +183,21 @@ class PolicyValueNet(nn.Module):
         logits = self.policy_head(pfeat)
         value = self.value_head(feat)[:, 0]
         return logits, value, hidden
+
+
+class PooledValueHead(nn.Module):
+    """(B, F, D, H, W) -> (B, 1): conv, ReLU, global average pool, linear.
+
+    The environment's reward is one scalar per volume (Dice gain minus continuity cost), so
+    the critic is one value per volume: pooled, not per voxel.
+    """
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.conv = nn.Conv3d(features, features, 3, padding=1)
+        self.fc = nn.Linear(features, 1)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3, 4)))

@@ -66,7 +66,8 @@ import torch.nn as nn
 from .base import Policy, as_tensor
 from .checkpoint import (atomic_write, check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
                          save_checkpoint)
-from .networks import make_backbone
+from .networks import PooledValueHead, make_backbone
+from .va3c import _env_dims, resolve_checkpoint  # same run-folder layout and env dims as vA3C
 
 KIND = "rllib-ppo"
 INSTALL_HINT = 'Ray RLlib is not installed: pip install "svl-drl[rllib]"'
@@ -97,23 +98,6 @@ def require_ray():
 
 
 # --------------------------------------------------------------------------- network
-class PooledValueHead(nn.Module):
-    """(B, F, D, H, W) -> (B,): conv, ReLU, global average pool, linear (zero-initialised).
-
-    The env's reward is one scalar per volume, so the critic is one value per volume.
-    """
-
-    def __init__(self, features: int):
-        super().__init__()
-        self.conv = nn.Conv3d(features, features, 3, padding=1)
-        self.fc = nn.Linear(features, 1)
-        nn.init.zeros_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3, 4)))[:, 0]
-
-
 class VoxelPPONet(nn.Module):
     """Shared backbone + per-voxel policy head + pooled value head (plain torch, no Ray).
 
@@ -144,14 +128,14 @@ class VoxelPPONet(nn.Module):
         return self.policy_head(feats), feats
 
     def value_from_features(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.value_head(feats)
+        return self.value_head(feats)[:, 0]
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value_head(self.backbone(obs))
+        return self.value_head(self.backbone(obs))[:, 0]
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feats = self.policy(obs)
-        return logits, self.value_head(feats)
+        return logits, self.value_head(feats)[:, 0]
 
 
 def net_config_for(in_channels: int, n_actions: int, **options) -> dict:
@@ -239,25 +223,7 @@ class RLlibPolicy(Policy):
         return cls(net, cfg, device=device, name=name)
 
 
-def resolve_checkpoint(path) -> Path:
-    """A run folder (its ``checkpoint.pt``) or a checkpoint file."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoint.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    return p
-
-
 # --------------------------------------------------------------------------- config
-def _env_dims(env_kwargs: dict) -> tuple[int, int]:
-    """(observation channels, actions per voxel) of the env these kwargs build."""
-    from svl_env.dynamics import ACTION_SETS
-    from svl_env.vector_env import CHANNEL_NAMES
-
-    return len(CHANNEL_NAMES), len(ACTION_SETS[env_kwargs.get("action_set", "label")])
-
-
 def env_config_for(env_kwargs: dict) -> dict:
     """The ``env_config`` RLlib hands to ``gym.make_vec``: numpy outputs, NEXT_STEP autoreset
     (RLlib's runners convert and reset themselves), JSON-like values (pickled to every runner)."""
@@ -680,16 +646,9 @@ def train_from_args(args) -> Path:
     ``--num-env-runners`` Ray actors (default 2); ``--address`` an existing cluster.
     """
     require_ray()  # before anything else: the one-line install hint, exit status 2
-    from .envargs import env_kwargs as make_env_kwargs
+    from .envargs import check_train_budget_args, env_kwargs as make_env_kwargs
 
-    if getattr(args, "workers", 0):
-        raise ValueError("--workers applies to vA3C only (rllib-ppo scales with --num-env-runners)")
-    if args.minutes is not None and args.minutes <= 0:
-        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
-    if args.updates is not None and args.updates < 1:
-        raise ValueError(f"--updates must be >= 1, got {args.updates}")
-    if args.num_envs < 1:
-        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    check_train_budget_args(args, "rllib-ppo scales with --num-env-runners")
     runners = 2 if args.num_env_runners is None else int(args.num_env_runners)
     if runners < 0:
         raise ValueError(f"--num-env-runners must be >= 0, got {runners}")

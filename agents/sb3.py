@@ -396,17 +396,10 @@ def train_from_args(args: argparse.Namespace) -> Path:
     ``--resume RUN`` continues RUN (its model.zip: the last checkpoint) into the same folder.
     SB3 zips contain pickles: resume only runs from a trusted source.
     """
-    from .envargs import env_kwargs as make_env_kwargs
+    from .envargs import check_train_budget_args, env_kwargs as make_env_kwargs
 
     algo = args.agent
-    if getattr(args, "workers", 0):
-        raise ValueError("--workers applies to vA3C only (PPO/A2C step one batched environment)")
-    if args.minutes is not None and args.minutes <= 0:
-        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
-    if args.updates is not None and args.updates < 1:
-        raise ValueError(f"--updates must be >= 1, got {args.updates}")
-    if args.num_envs < 1:
-        raise ValueError(f"--num-envs must be >= 1, got {args.num_envs}")
+    check_train_budget_args(args, "PPO/A2C step one batched environment")
     kw = make_env_kwargs(args)
     n_steps = DEFAULTS[algo]["n_steps"]
     timesteps = None if args.updates is None else args.updates * n_steps * args.num_envs

@@ -39,7 +39,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch.distributions import Categorical
 
-from .networks import make_backbone
+from .networks import PooledValueHead, make_backbone
 
 REDUCTIONS = ("mean", "sum")
 
@@ -131,24 +131,6 @@ class VoxelFeatures(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.backbone(observations)
-
-
-class PooledValueHead(nn.Module):
-    """(B, F, D, H, W) -> (B, 1): conv, ReLU, global average pool, linear.
-
-    The environment's reward is one scalar per volume (Dice gain minus continuity cost), so
-    the critic is one value per volume: pooled, not per voxel.
-    """
-
-    def __init__(self, features: int):
-        super().__init__()
-        self.conv = nn.Conv3d(features, features, 3, padding=1)
-        self.fc = nn.Linear(features, 1)
-        nn.init.zeros_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean((2, 3, 4)))
 
 
 class VoxelActorCriticPolicy(ActorCriticPolicy):

@@ -14,9 +14,9 @@ bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
    process, ``--jobs`` processes at a time):
    ``noisy`` (plain training on the given labels), ``coteaching`` (Han et al. 2018),
    ``svl-drl`` (Warmup -> Transition -> Full RL with label-refinement rounds), ``svl-drl
-   without Warmup`` (ablation: ``--stages transition full``), ``svl-drl with intensity
-   agents`` (``--intensity-every 4``: every 4th Full-RL update is an episode of the paper's
-   intensity agents; off by default), and
+   without Warmup`` (ablation: ``--stages transition full``), ``svl-drl without intensity
+   agents`` (ablation: ``--intensity-every 0``; by default every 4th Full-RL update is an
+   episode of the paper's intensity agents), and
    ``clean`` (the noisy method on the clean labels: the upper bound, the only run that sees
    clean training labels).
    Each run gets ``--eval-labels clean_labelsTr`` (read after training) for the Dice of its
@@ -55,10 +55,10 @@ METHODS = {  # name -> (pipeline args, uses clean training labels)
     "coteaching": (["--method", "coteaching"], False),
     "svl-drl": (["--method", "svl-drl"], False),
     "svl-drl (no Warmup)": (["--method", "svl-drl", "--stages", "transition", "full"], False),
-    "svl-drl (with intensity agents)": (["--method", "svl-drl", "--intensity-every", "4"], False),
+    "svl-drl (no intensity agents)": (["--method", "svl-drl", "--intensity-every", "0"], False),
     "clean (upper bound)": (["--method", "noisy"], True),
 }
-DEFAULT_METHODS = ("noisy", "coteaching", "svl-drl", "svl-drl (no Warmup)", "svl-drl (with intensity agents)",
+DEFAULT_METHODS = ("noisy", "coteaching", "svl-drl", "svl-drl (no Warmup)", "svl-drl (no intensity agents)",
                    "clean (upper bound)")
 
 

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=None, help="label-refinement rounds in Full RL (default 3)")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
-                        "(keep / enhance / weaken; default 0 = off: they lowered test Dice on phantoms)")
+                        "(keep / enhance / weaken; default 4; 0 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (sampling, initialisation, agents)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--eval-labels", default=None, metavar="DIR",

@@ -80,10 +80,8 @@ DEFAULT_TRAIN: dict = {
     "accept_z": 1.0, "agent_encoder_grad": True,
     "refine_from": "given", "agent_target": "given",
     "reward_weights": None,
-    # intensity agents (svl-drl; the paper's action set): every n-th Full-RL update; 0 = off.
-    # Off by default: on phantoms they lowered test Dice by 0.04-0.07 at every setting tried
-    # (every 4th / 8th update; README "Staged pipeline"), so they stay an option.
-    "intensity_every": 0, "intensity_steps": 2,
+    # intensity agents (svl-drl; the paper's action set): every n-th Full-RL update; 0 = off
+    "intensity_every": 4, "intensity_steps": 2,
     # co-teaching
     "forget_rate": 0.2, "forget_ramp": 0.3,
 }

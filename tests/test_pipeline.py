@@ -290,3 +290,27 @@ def test_small_loss_selection_is_per_class():
     assert keep.view(-1)[:12].all() and not keep.view(-1)[12:16].any()  # largest foreground losses dropped
     assert not keep.view(-1)[60:].any() and keep.view(-1)[16:60].all()
     assert small_loss_mask(loss, label, 0.0).all()
+
+
+@pytest.mark.parametrize("encoder_grad", [False, True])
+def test_label_agent_losses_reach_the_encoder_only_when_asked(folder, encoder_grad):
+    """``agent_encoder_grad``: the label agents' value / policy losses train their own decoders,
+    and the shared encoder only when the option is on (default off)."""
+    from agents.staged.data import load_training_set
+    from agents.staged.label_refinement import LabelAgentEpisodes
+    from agents.staged.losses import seg_loss
+    from agents.staged.model import make_model
+    from agents.staged.trainer import DEFAULT_TRAIN
+
+    assert DEFAULT_TRAIN["agent_encoder_grad"] is False
+    data, _ = folder
+    ts = load_training_set(data)
+    model = make_model({"width": 4}, seed=0)
+    ep = LabelAgentEpisodes(ts, num_envs=2, patch_shape=(16, 16, 16), max_steps=2, encoder_grad=encoder_grad)
+    out = ep.run(model, seed=3, seg_loss_fn=seg_loss)
+    (out["value_loss"] + out["policy_loss"]).backward()
+    enc = [p.grad for p in model.encoder.parameters()]
+    dec = [p.grad for p in model.policy_decoder.parameters()]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in dec[:1])
+    touched = any(g is not None and bool(g.abs().sum() > 0) for g in enc)
+    assert touched is encoder_grad

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
                         "(keep / enhance / weaken; default 4; 0 = off)")
+    p.add_argument("--agents-train-encoder", action="store_true",
+                   help="svl-drl: the label agents' value and policy losses also train the shared encoder "
+                        "(off by default: measured to cost test Dice; README 'Staged pipeline')")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (sampling, initialisation, agents)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--eval-labels", default=None, metavar="DIR",
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         config["patch"] = args.patch
     if args.intensity_every is not None:
         config["intensity_every"] = args.intensity_every
+    if args.agents_train_encoder:
+        config["agent_encoder_grad"] = True
     model_config = {"backbone": args.backbone}
     if args.width is not None:
         model_config["width"] = args.width

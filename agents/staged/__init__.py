@@ -11,6 +11,10 @@ One network -- a shared 3D encoder with a segmentation, a value and a policy dec
                 the segmentation consensus, and the result is the next round's training labels
                 (the dynamic iterative update); every 4th update is an intensity-agent episode
 
+The label agents' value and policy losses train their decoders, not the shared encoder
+(``agent_encoder_grad``, off by default: measured, sending them into the encoder cost test
+Dice); the encoder learns from the segmentation loss and the intensity agents' episodes.
+
 Voxel agents act in ``svl_env.SVLDRLVectorEnv``: label agents (``label_refinement``; the
 ``label`` action set, editing the annotation itself) and, optionally, the paper's intensity
 agents (``intensity_agents``; the ``intensity`` action set with this network as segmenter). The

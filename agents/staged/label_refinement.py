@@ -68,7 +68,7 @@ class LabelAgentEpisodes:
 
     def __init__(self, training_set, *, num_envs: int, patch_shape, max_steps: int = 3, noise: str = "mt",
                  noise_ratio: float = 1.0, reward_weights=None, gamma: float = 0.95, entropy_coef: float = 0.01,
-                 q_coef: float = 1.0, outcome_coef: float = 1.0, target: str = "given", encoder_grad: bool = True,
+                 q_coef: float = 1.0, outcome_coef: float = 1.0, target: str = "given", encoder_grad: bool = False,
                  device="cpu"):
         self.ts = training_set
         self.encoder_grad = bool(encoder_grad)

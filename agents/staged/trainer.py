@@ -28,6 +28,8 @@ Methods (``METHODS``):
     and test Dice both got worse round after round). The last round's refinement (at the end
     of the budget) gives the output labels.
 
+  The label agents' L_value / L_policy reach their own decoders only (``agent_encoder_grad``
+  False, the default): the shared encoder learns from L_dice and the intensity episodes.
   The segmentation loss ``L_dice`` is ``losses.seg_loss`` (soft Dice + ``bce`` x BCE) for every
   method. λ, α, β follow ``losses.stage_weights``.
 - ``"noisy"``: plain training of the same encoder + segmentation decoder on the given labels for
@@ -77,7 +79,11 @@ DEFAULT_TRAIN: dict = {
     # label agents (svl-drl)
     "agent_envs": 4, "agent_steps": 2, "agent_noise": "mt", "agent_noise_ratio": 1.0, "gamma": 0.95,
     "entropy_coef": 0.01, "q_coef": 1.0, "outcome_coef": 1.0, "agent_lr_mult": 10.0, "refine_confidence": 0.0,
-    "accept_z": 1.0, "agent_encoder_grad": True,
+    # agent_encoder_grad: whether the label agents' value / policy losses also train the shared
+    # encoder. Off: the encoder learns from the segmentation loss (and the intensity agents);
+    # on phantoms at 4 CPU-min, routing the label agents' RL gradients into it cost ~0.05 test
+    # Dice (README "Staged pipeline").
+    "accept_z": 1.0, "agent_encoder_grad": False,
     "refine_from": "given", "agent_target": "given",
     "reward_weights": None,
     # intensity agents (svl-drl; the paper's action set): every n-th Full-RL update; 0 = off

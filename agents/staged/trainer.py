@@ -72,7 +72,8 @@ DEFAULT_TRAIN: dict = {
     "window": 64, "augment": False, "ema": 0.99,
     # stage schedule (svl-drl)
     # (phantoms, 4 CPU-min, seeds 0-1: Warmup 0.5 with 2 rounds gave 0.692 test Dice in one run,
-    # 0.3 with 3 rounds and accept_z 1.0 gives 0.735 on average; README "Staged pipeline")
+    # 0.3 with 3 rounds and accept_z 1.0 gave 0.735 on average; with agent_encoder_grad off, 0.788
+    # over seeds 0-3; README "Staged pipeline")
     "warmup_frac": 0.30, "transition_frac": 0.10, "rounds": 3,
     # loss weights (svl-drl)
     "lambda_max": 0.3, "alpha": 0.1, "beta_max": 0.3, "beta_ramp": 0.3,

@@ -25,8 +25,29 @@ def _flat(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).to(torch.float32)
 
 
+_BYTES = (torch.bool, torch.uint8)
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Exact per-row sums of a small non-negative integer map -- bool, uint8, int8, or
+    integer-valued float32 -- as (B,) float64. Byte maps are summed as integers, by numpy
+    on CPU, whose uint32 reduction is vectorised (16 x 64^3: 0.6 ms, where torch widens
+    element by element to int64 or needs a 16 MB float copy); float32 maps in float32,
+    exact while the sums stay below 2**24."""
+    b = x.shape[0]
+    if x.dtype == torch.float32:
+        return x.reshape(b, -1).sum(1).double()
+    if x.device.type == "cpu":
+        flat = x.reshape(b, -1).numpy().view(np.uint8)
+        return torch.from_numpy(flat.sum(1, dtype=np.uint32).astype(np.float64))
+    return x.reshape(b, -1).sum(1, dtype=torch.int64).double()
+
+
 def overlap_counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(|pred ∩ target|, |pred|, |target|), each (B,) float64 (exact integer counts)."""
+    if pred.dtype in _BYTES and target.dtype in _BYTES:  # {0,1} masks as bytes: count bytes
+        p, t = pred.view(torch.uint8), target.view(torch.uint8)
+        return row_sums(p & t), row_sums(p), row_sums(t)
     p, t = _flat(pred), _flat(target)
     return (p * t).sum(1).double(), p.sum(1).double(), t.sum(1).double()
 

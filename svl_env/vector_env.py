@@ -178,7 +178,8 @@ class SVLDRLVectorEnv(VectorEnv):
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
         """Reset all environments (or those in ``options["reset_mask"]``).
 
-        ``seed``: an int s seeds env i with s + i; a list gives one seed per env.
+        ``seed``: an int s seeds env i with s + i; a list gives one seed per env. With a
+        ``reset_mask``, only the rows being reset take their seed (SyncVectorEnv's rule).
         Returns (obs (B, C, D, H, W), info of (B,) arrays).
         """
         if isinstance(seed, (int, np.integer)):
@@ -195,7 +196,8 @@ class SVLDRLVectorEnv(VectorEnv):
         if self._state is None and not mask.all():
             raise StepBeforeResetError("the first reset must reset every environment (no reset_mask)")
         for i in range(self.num_envs):
-            if seed is not None and seed[i] is not None:
+            # only the rows being reset take their seed (as SyncVectorEnv seeds only the masked envs)
+            if seed is not None and seed[i] is not None and mask[i]:
                 self._rngs[i] = seeding.np_random(seed[i])[0]
             elif self._rngs[i] is None:
                 self._rngs[i] = seeding.np_random()[0]

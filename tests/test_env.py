@@ -317,3 +317,18 @@ def test_component_count_is_the_same_whether_the_batch_is_split_or_not():
             assert M.n_components(m).tolist() == ref
     finally:
         torch.set_num_threads(threads)
+
+
+def test_reset_mask_seeds_only_the_rows_being_reset():
+    """A seed given for a row outside ``reset_mask`` is ignored, as SyncVectorEnv ignores it: that
+    row's next episode continues its own generator."""
+    from svl_env import SVLDRLVectorEnv
+
+    def second_episode_of_row_1(seeds):
+        env = SVLDRLVectorEnv(2, patch_size=8)
+        env.reset(seed=[1, 2])
+        env.reset(seed=seeds, options={"reset_mask": np.array([True, False])})
+        obs, _ = env.reset(options={"reset_mask": np.array([False, True])})
+        return np.asarray(obs)[1]
+
+    np.testing.assert_array_equal(second_episode_of_row_1([5, 6]), second_episode_of_row_1([5, None]))

@@ -64,10 +64,16 @@ def _inv_count(shape, device) -> torch.Tensor:
     return _INV_COUNT[key]
 
 
+def as_u8(mask: torch.Tensor) -> torch.Tensor:
+    """A {0,1} mask as uint8 (itself for uint8, a view for bool, a conversion otherwise)."""
+    if mask.dtype == torch.uint8:
+        return mask
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
+
+
 def box_sum(mask: torch.Tensor) -> torch.Tensor:
     """3x3x3 foreground counts of a {0,1} mask (bool, uint8 or float): (B, D, H, W) uint8."""
-    m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
-    return _box_sum(m)
+    return _box_sum(as_u8(mask))
 
 
 def mean_from_box(box: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,8 +129,7 @@ def label_step(mask: torch.Tensor, actions: torch.Tensor, majority: torch.Tensor
     ``b1 ? b0 & majority : b0 | mask``, evaluated branch-free with byte ops (torch.where and
     comparisons cost 5-30x a byte op on CPU).
     """
-    m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-    j = majority.view(torch.uint8) if majority.dtype == torch.bool else majority
+    m, j = as_u8(mask), as_u8(majority)
     b0 = actions & 1
     b1 = actions >> 1
     keep = b0 | m  # result when b1 == 0

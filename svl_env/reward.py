@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from . import memory
 from . import metrics as M
+from .dynamics import as_u8
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,6 @@ class Objective:
         return Objective(*(getattr(self, f)[idx] for f in self._FIELDS))
 
 
-def _u8(mask: torch.Tensor) -> torch.Tensor:
-    """A {0,1} mask as uint8 (a view for bool and uint8, a conversion otherwise)."""
-    if mask.dtype == torch.uint8:
-        return mask
-    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
-
-
 def face_sums(f: torch.Tensor) -> torch.Tensor:
     """Number of foreground face neighbours (6-neighbourhood, patch border = background).
 
@@ -150,10 +144,10 @@ def objective(mask: torch.Tensor, target: torch.Tensor, n_target: torch.Tensor |
     ``n_target`` (B,) may pass the (per-episode constant) target size. The counts are taken
     on byte maps; they are integers, so they equal the float32 sums of the float masks.
     """
-    m8 = _u8(mask)
+    m8 = as_u8(mask)
     face = face_sums(m8)
     vtv = _voxel_tv8(m8, face)
-    tp, n_p = M.row_sums(m8 & _u8(target)), M.row_sums(m8)
+    tp, n_p = M.row_sums(m8 & as_u8(target)), M.row_sums(m8)
     n_t = M.row_sums(target) if n_target is None else n_target
     return Objective(tp, n_p, n_t, M.dice_from_counts(tp, n_p, n_t), 0.5 * M.row_sums(vtv),
                      M.n_components(m8.view(torch.bool)), face, vtv)
@@ -231,8 +225,9 @@ def step_reward(prev_mask: torch.Tensor, new_mask: torch.Tensor, target: torch.T
     """
     b, shape = prev_mask.shape[0], tuple(prev_mask.shape[1:])
     norm = M.surface_norm(shape)
-    p8, n8 = _u8(prev_mask), _u8(new_mask)
-    new_obj = objective(n8, target, prev_obj.n_target)
+    p8, n8 = as_u8(prev_mask), as_u8(new_mask)
+    g = as_u8(target)
+    new_obj = objective(n8, g, prev_obj.n_target)
     d_dice = new_obj.dice - prev_obj.dice
     d_cont = continuity_cost(new_obj, w, norm) - continuity_cost(prev_obj, w, norm)
     reward = w.w_dice * d_dice - w.w_cont * d_cont
@@ -241,7 +236,6 @@ def step_reward(prev_mask: torch.Tensor, new_mask: torch.Tensor, target: torch.T
     table = _composite_map(*_cases(n8.device), rows, w, norm)  # (B, 78)
 
     # case number in uint8 arithmetic (wraps mod 256; the true value is in [0, 78))
-    g = target if target.dtype == torch.uint8 else _u8(target)
     case = torch.mul(n8, 26).sub_(p8, alpha=26).add_(g, alpha=13).add_(new_obj.vtv.view(torch.uint8))
     case.sub_(prev_obj.vtv.view(torch.uint8)).add_(32)
     index = memory.empty((b, *shape), torch.int32, n8.device).copy_(case)

@@ -638,14 +638,18 @@ def crop(arr, origin, patch_shape, *, mode: str = "constant", value=0) -> np.nda
 # ---------------------------------------------------------------------------- writing
 
 
-def save_label_like(mask: np.ndarray, reference_label_path, out_path) -> Path:
-    """Write ``mask`` with the reference label's affine, header and on-disk dtype.
+def save_label_like(mask: np.ndarray, reference_path, out_path, dtype=None) -> Path:
+    """Write ``mask`` with the reference file's affine and header.
 
-    The file is written to a temporary name in the destination folder and moved into
-    place with ``os.replace`` (atomic). ``out_path`` must end in ``.nii`` / ``.nii.gz`` and
-    must not be the reference file (inputs are never overwritten: ``ValueError``).
+    ``reference_path`` is a label (refined labels keep its on-disk dtype, ``dtype=None``) or an
+    image (segmentations of new images: pass ``dtype=np.uint8``). Labels are stored unscaled
+    (slope 1, intercept 0), whatever scaling the reference carried. The file is written to a
+    temporary name in the destination folder and moved into place with ``os.replace``
+    (atomic). ``out_path`` must end in ``.nii`` / ``.nii.gz`` and must not be the reference file
+    (inputs are never overwritten: ``ValueError``); values that do not fit the dtype raise
+    ``ValueError``.
     """
-    ref_path = Path(reference_label_path)
+    ref_path = Path(reference_path)
     out_path = Path(out_path)
     if not out_path.name.lower().endswith(_NIFTI_EXTS) or out_path.name.startswith("."):
         raise ValueError(f"{out_path}: output name must end in .nii or .nii.gz")
@@ -656,27 +660,26 @@ def save_label_like(mask: np.ndarray, reference_label_path, out_path) -> Path:
         except OSError:
             pass
     if same:
-        raise ValueError(f"{out_path}: refusing to overwrite the reference label file (inputs are never overwritten)")
+        raise ValueError(f"{out_path}: refusing to overwrite the reference file {ref_path.name} "
+                         "(inputs are never overwritten)")
 
-    ref = _load_nifti(ref_path, "reference label")
+    ref = _load_nifti(ref_path, "reference")
     ref_shape = tuple(int(s) for s in ref.shape)
-    spatial = _spatial_shape(ref_shape, ref_path, "reference label")
+    spatial = _spatial_shape(ref_shape, ref_path, "reference")
     m = np.asarray(mask)
     if m.shape != spatial:
         raise ValueError(f"{out_path}: mask shape {m.shape} does not match reference {ref_path} shape {spatial}")
     if m.dtype == bool:
         m = m.astype(np.uint8)
-    dtype = np.dtype(ref.get_data_dtype())
+    dtype = np.dtype(ref.get_data_dtype() if dtype is None else dtype)
     if np.issubdtype(dtype, np.integer) and m.size:
         info = np.iinfo(dtype)
         lo, hi = m.min(), m.max()
         if lo < info.min or hi > info.max:
-            raise ValueError(
-                f"{out_path}: mask values [{lo}, {hi}] do not fit the reference on-disk dtype {dtype}"
-            )
+            raise ValueError(f"{out_path}: mask values [{lo}, {hi}] do not fit the on-disk dtype {dtype}")
     data = m.astype(dtype).reshape(ref_shape)
 
-    header = ref.header.copy()
-    img = type(ref)(data, ref.affine, header=header)
+    img = type(ref)(data, ref.affine, header=ref.header.copy())
     img.set_data_dtype(dtype)
+    img.header.set_slope_inter(1.0, 0.0)
     return save_nifti_atomic(img, out_path)

@@ -340,6 +340,22 @@ def test_save_label_like_keeps_geometry(tmp_path, dtype, ext):
     assert np.array_equal(np.asanyarray(nib.load(str(out)).dataobj) != 0, label == 1)
 
 
+def test_save_label_like_with_an_image_reference_writes_unscaled_uint8(tmp_path):
+    # segmentations of new images: the image's geometry, but uint8 without the image's scaling
+    image, label = make_volume()
+    ref = tmp_path / "img.nii.gz"
+    img = nib.Nifti1Image(image.astype(np.int16), oblique_affine())
+    img.header.set_slope_inter(0.5, -100.0)
+    nib.save(img, str(ref))
+    out = save_label_like((label == 1).astype(np.int64) * 3, ref, tmp_path / "seg.nii.gz", np.uint8)
+    back = nib.load(str(out))
+    assert back.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(back.affine, nib.load(str(ref)).affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj), (label == 1) * 3)
+    with pytest.raises(ValueError, match="do not fit the on-disk dtype uint8"):
+        save_label_like((label == 1) * 300, ref, tmp_path / "seg.nii.gz", np.uint8)
+
+
 def test_save_label_like_refuses_input(tmp_path):
     _, label = make_volume()
     ref = write(tmp_path / "lab.nii.gz", label)

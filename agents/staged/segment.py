@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from svl_env.nifti import list_nifti, nifti_stem, save_nifti_atomic
+from svl_env.nifti import list_nifti, nifti_stem, save_label_like
 
 from ..refine import grid_starts
 
-__all__ = ["window_starts", "sliding_window", "predict_probability", "segment_folder", "save_mask_like_image",
-           "DEFAULT_WINDOW"]
+__all__ = ["window_starts", "sliding_window", "predict_probability", "segment_folder", "DEFAULT_WINDOW"]
 
 DEFAULT_WINDOW = 64
 
@@ -107,29 +106,6 @@ def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, over
     return out[0]
 
 
-def save_mask_like_image(mask: np.ndarray, image_path, out_path, label_value: int = 1) -> Path:
-    """Write a binary mask with the image's affine and header (data type uint8), atomically."""
-    from svl_env.nifti import _load_nifti, _spatial_shape
-
-    image_path, out_path = Path(image_path), Path(out_path)
-    if out_path.resolve() == image_path.resolve():
-        raise ValueError(f"{out_path}: refusing to overwrite the input image")
-    ref = _load_nifti(image_path, "image")
-    shape = tuple(int(s) for s in ref.shape)
-    spatial = _spatial_shape(shape, image_path, "image")
-    m = np.asarray(mask)
-    if m.shape != spatial:
-        raise ValueError(f"{out_path}: mask shape {m.shape} does not match image {image_path} shape {spatial}")
-    if not 0 <= int(label_value) <= 255:
-        raise ValueError(f"label value {label_value} does not fit uint8")
-    data = (m.astype(bool).astype(np.uint8) * np.uint8(label_value)).reshape(shape)
-    header = ref.header.copy()
-    img = type(ref)(data, ref.affine, header=header)
-    img.set_data_dtype(np.uint8)
-    img.header.set_slope_inter(1.0, 0.0)
-    return save_nifti_atomic(img, out_path)
-
-
 def _out_name(image_path: Path) -> str:
     """nnU-Net's channel suffix is dropped: ``case_0000.nii.gz`` -> ``case.nii.gz``."""
     from svl_env.nifti import _CHANNEL_RE
@@ -170,5 +146,5 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
             case = load_case(ip, None, modality=mod)
             prob = predict_probability(model, case.image, window=win, overlap=overlap, batch_size=batch_size,
                                        device=device, progress=progress, desc=case.name)
-            save_mask_like_image(prob > 0.5, ip, staging / _out_name(ip), label_value)
+            save_label_like((prob > 0.5).astype(np.int64) * int(label_value), ip, staging / _out_name(ip), np.uint8)
     return [out / _out_name(ip) for ip in files]

@@ -82,12 +82,27 @@ def total_variation(mask: torch.Tensor) -> torch.Tensor:
     return tv.double()
 
 
-# Batch axis gets no connectivity: one scipy call labels every row at once.
+# A lone row: one 3D labelling, the batch axis without connectivity.
 _STRUCT_26 = np.zeros((3, 3, 3, 3), dtype=bool)
 _STRUCT_26[1] = True
+_CUBE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def _count_rows(m: np.ndarray) -> np.ndarray:
+    """26-connected components per row of a (B, D, H, W) bool array: one scipy call."""
+    b, d, h, w = m.shape
+    if b > 1:
+        # scipy labels line by line along the last axis, at a fixed cost per line and per
+        # neighbouring line: lay the rows side by side along W, each followed by an empty
+        # column, so the lines are b times longer and b times fewer (16 x 16^3: ~15 % less
+        # time). 26-neighbours differ by at most 1 in W, so no component crosses a gap.
+        side = np.zeros((d, h, b, w + 1), dtype=bool)
+        side[..., :w] = m.transpose(1, 2, 0, 3)
+        labels, n = ndi.label(side.reshape(d, h, b * (w + 1)), structure=_CUBE_26)
+        # a component lies in one row: count the distinct labels per row (label 0 = background)
+        row_of = np.zeros(n + 1, dtype=np.intp)
+        row_of[labels.reshape(d, h, b, w + 1)] = np.arange(b)[:, None]
+        return np.bincount(row_of[1:], minlength=b)
     labels, _ = ndi.label(m, structure=_STRUCT_26)
     row_max = labels.reshape(labels.shape[0], -1).max(1) if labels.size else np.zeros(len(m), np.int64)
     prev = np.concatenate([[0], np.maximum.accumulate(row_max)[:-1]])
@@ -113,10 +128,9 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def n_components(mask: torch.Tensor) -> torch.Tensor:
     """Number of 26-connected foreground components per row, (B,) int64 on mask.device.
 
-    Runs on the host (scipy): labels are assigned in raster order, so row b's labels form a
-    contiguous range and the per-row count is a difference of running maxima -- one call per
-    chunk of rows, no loop over rows. Large batches are split into ``torch.get_num_threads()``
-    chunks labelled concurrently. This is the one host round-trip of an environment step.
+    Runs on the host (scipy): one labelling per chunk of rows (``_count_rows``), no loop over
+    rows. Large batches are split into ``torch.get_num_threads()`` chunks labelled
+    concurrently. This is the one host round-trip of an environment step.
     """
     m = mask.detach().to("cpu", torch.bool).numpy()
     chunks = min(torch.get_num_threads(), len(m), max(1, m.size // _MIN_VOXELS_PER_CHUNK))

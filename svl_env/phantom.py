@@ -65,6 +65,7 @@ from three 2D planes, so the full-size work is a few dozen elementwise passes.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -142,6 +143,11 @@ def _gauss_taps(sigma: float) -> list[float]:
 
 
 def _noise(keys: torch.Tensor, tag: int, shape, channels: int, sigma: float):
+    """``_field`` drawn from the substream ``tag`` of ``keys``."""
+    return _field(rng.normal_seeds(rng.substream(keys, tag)), shape, channels, sigma)
+
+
+def _field(seeds: torch.Tensor, shape, channels: int, sigma: float):
     """Coarse nodes of a stationary Gaussian random field, unit variance, Gaussian correlation
     of width ~``sigma`` mm -> (field (B, C, m0, m1, m2) float32, step).
 
@@ -154,7 +160,7 @@ def _noise(keys: torch.Tensor, tag: int, shape, channels: int, sigma: float):
     taps = _gauss_taps(sigma / step)
     r = len(taps) // 2
     m = [n if step == 1 else math.ceil(n / step) + 1 for n in shape]
-    x = rng.normal(rng.substream(keys, tag), (channels, *(k + 2 * r for k in m)))
+    x = rng.normal_seeded(seeds, (channels, *(k + 2 * r for k in m)))
     for dim in (2, 3, 4):  # valid separable blur by shifted adds (exact, per voxel)
         n = x.shape[dim] - 2 * r
         acc = x.narrow(dim, 0, n) * taps[0]
@@ -203,9 +209,32 @@ def _col(v: torch.Tensor) -> torch.Tensor:
     return v.float()[:, None, None, None]
 
 
-def _gauss(keys: torch.Tensor, tag: int, n: int) -> torch.Tensor:
-    """(B, n) float64 standard normals per episode for purpose ``tag`` (directions, rotations)."""
-    return rng.normal(rng.substream(keys, tag), (n,)).double()
+class _Seeds(NamedTuple):
+    """Generator seeds (B,) of a family's three draws (see the tag table): its parameters
+    (``rng.params(keys, T, n)``), its Gaussians (``rng.normal(substream(keys, T), (n,))``) and
+    its noise field (``_noise(keys, T + 1, ...)``)."""
+
+    params: torch.Tensor
+    gauss: torch.Tensor
+    field: torch.Tensor
+
+    def take(self, rows: torch.Tensor) -> "_Seeds":
+        return _Seeds(*(s[rows] for s in self))
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """(B, n) float64 U[0, 1) per-episode parameters."""
+        return rng.uniform_seeded(self.params, (n,)).double()
+
+    def normal(self, n: int) -> torch.Tensor:
+        """(B, n) float64 standard normals per episode (directions, rotations)."""
+        return rng.normal_seeded(self.gauss, (n,)).double()
+
+
+def _family_seeds(keys: torch.Tensor, tags: torch.Tensor) -> _Seeds:
+    """``_Seeds`` of every row, each row with its own family's tag T (tags (B,) int64): a
+    mixed batch derives them in one batched hash chain instead of one chain per family."""
+    k = rng.substream(keys, tags)
+    return _Seeds(rng.hash32(k), rng.normal_seeds(k), rng.normal_seeds(rng.substream(keys, tags + 1)))
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -279,16 +308,16 @@ def _smin_(a: torch.Tensor, b: torch.Tensor, k: float, tmp: torch.Tensor) -> tor
 
 
 # ----------------------------------------------------------------------------- families
-def _blob(keys, shape, dev):
+def _blob(seeds: _Seeds, shape, dev):
     """Lumpy organ: smooth union of a main ellipsoid and 1-2 lobes, noise-displaced surface."""
     L = _scale(shape)
     dims = torch.tensor(shape, dtype=_F64, device=dev)
     axes = _axes(shape, dev)
-    p = rng.params(keys, 110, 32).double()
+    p = seeds.uniform(32)
     n_lobes = 1 + (p[:, 0] >= 0.5).long()
     c0 = (p[:, 1:4] - 0.5) * 0.24 * dims
     r0 = L * (0.21 + 0.14 * p[:, 4:7])
-    g = _gauss(keys, 110, 18)
+    g = seeds.normal(18)
     phi = _ellipsoid(axes, c0, _rotation(g[:, 0:4]), r0)
     dk, tmp = torch.empty_like(phi), torch.empty_like(phi)
     r_mean = ((r0[:, 0] + r0[:, 1] + r0[:, 2]) / 3)[:, None]
@@ -301,21 +330,21 @@ def _blob(keys, shape, dev):
         _ellipsoid(axes, ck, _rotation(gk[:, 3:7]), rk, n_lobes <= k, out=dk)
         _smin_(phi, dk, 0.1 * L, tmp)
     del dk, tmp
-    fld, step = _noise(keys, 111, shape, 1, 0.16 * L)
+    fld, step = _field(seeds.field, shape, 1, 0.16 * L)
     amp = L * (0.025 + 0.035 * p[:, 28:29])
     phi += _upsample((fld * amp[:, :, None, None, None]).float(), shape, step)[:, 0]
     return phi.sub_(_col(_fit_level(phi, -0.1 * L, 0.1 * L))), None
 
 
-def _tubular(keys, shape, dev):
+def _tubular(seeds: _Seeds, shape, dev):
     """Curved vessels: each centre line is where two noise-bent orthogonal planes meet."""
     L = _scale(shape)
     dims = torch.tensor(shape, dtype=_F64, device=dev)
-    p = rng.params(keys, 120, 32).double()
+    p = seeds.uniform(32)
     n_tubes = 2 + (p[:, 0] >= 0.5).long()
     n_max = int(n_tubes.max())
-    g = _gauss(keys, 120, 9)
-    fld, step = _noise(keys, 121, shape, 7, 0.22 * L)
+    g = seeds.normal(9)
+    fld, step = _field(seeds.field, shape, 7, 0.22 * L)
     cax = _axes(shape, dev, step)
     chans, radii = [], []
     # radius varies along the vessels: |g| < r_k * rf  <=>  |g / rf| < r_k, and dividing the
@@ -345,14 +374,14 @@ def _tubular(keys, shape, dev):
     return phi.sub_(_col(_fit_level(phi, -0.5, 1.5 * L / 32))), None
 
 
-def _multi(keys, shape, dev):
+def _multi(seeds: _Seeds, shape, dev):
     """2-4 separate small organs on a tilted ring around the centre, kept apart by a gap."""
     L = _scale(shape)
     dims = torch.tensor(shape, dtype=_F64, device=dev)
     axes = _axes(shape, dev)
-    p = rng.params(keys, 130, 48).double()
+    p = seeds.uniform(48)
     n = 2 + (p[:, 0] * 3).floor().clamp(max=2).long()
-    g = _gauss(keys, 130, 24)
+    g = seeds.normal(24)
     frame = _rotation(g[:, 0:4])
     e1, e2 = frame[:, :, 0], frame[:, :, 1]
     # k-th of n directions on the ring (exact constants per n), jittered along the ring
@@ -385,7 +414,7 @@ def _multi(keys, shape, dev):
             torch.minimum(m2, torch.maximum(m1, dk, out=tmp), out=m2)
             torch.minimum(m1, dk, out=m1)
     del dk, tmp
-    fld, step = _noise(keys, 131, shape, 1, 0.1 * L)
+    fld, step = _field(seeds.field, shape, 1, 0.1 * L)
     amp = (L * (0.01 + 0.015 * p[:, 41]))[:, None, None, None, None]
     # A voxel is kept only if it is nearer to its own component than to any other by > 2 mm:
     # with 1-Lipschitz distances two 26-neighbours (<= sqrt(3) mm apart) can't then belong to
@@ -396,7 +425,7 @@ def _multi(keys, shape, dev):
     return torch.maximum(body, gap, out=body), None
 
 
-def _hollow(keys, shape, dev):
+def _hollow(seeds: _Seeds, shape, dev):
     """Cyst / hollow organ: closed wall around a fluid cavity, fully inside the patch.
 
     Sized by the smallest patch side so that any rotation fits; on non-cubic patches the
@@ -406,9 +435,9 @@ def _hollow(keys, shape, dev):
     dims = torch.tensor(shape, dtype=_F64, device=dev)
     stretch = torch.sqrt(dims / Lmin)
     axes = _axes(shape, dev)
-    p = rng.params(keys, 140, 16).double()
+    p = seeds.uniform(16)
     c = (p[:, 0:3] - 0.5) * 0.06 * dims
-    fld, step = _noise(keys, 141, shape, 2, 0.2 * Lmin)
+    fld, step = _field(seeds.field, shape, 2, 0.2 * Lmin)
     amp = Lmin * (0.01 + 0.015 * p[:, 9])  # surface displacement, |.| <= 2.5 amp
     radii = Lmin * (0.24 + 0.09 * p[:, 3:6])
     # wall >= 1.7 mm everywhere: thicker than one voxel step of the (displaced, so slightly
@@ -419,7 +448,7 @@ def _hollow(keys, shape, dev):
     coarse = torch.stack([fld[:, 0].clamp(-2.5, 2.5) * amp[:, None, None, None],
                           t0[:, None, None, None] * (1 + 0.25 * fld[:, 1]).clamp(0.85, 1.3)], 1)
     up = _upsample(coarse.float(), shape, step)
-    rot = _rotation(_gauss(keys, 140, 4))
+    rot = _rotation(seeds.normal(4))
     d_out = _ellipsoid(axes, c, rot, radii, stretch=stretch).add_(up[:, 0])
     d_cav = up[:, 1].add_(d_out)  # < 0 inside the cavity
     phi = torch.minimum(d_out.neg_(), d_cav, out=d_out).neg_()  # max(d_out, -d_cav)
@@ -429,6 +458,7 @@ def _hollow(keys, shape, dev):
 
 
 _FAMILY_FNS = {"blob": _blob, "tubular": _tubular, "multi": _multi, "hollow": _hollow}
+_FAMILY_TAGS = (110, 120, 130, 140)  # rng tag T of each of FAMILIES (tag table above)
 
 
 # ----------------------------------------------------------------------------- intensities
@@ -437,19 +467,20 @@ def _ramp(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_(0.0, 1.0)
 
 
-def _render(keys, shape, fam, is_ct, out_w, cav_w):
+def _render(keys, shape, fam, is_ct, out_w, cav_w, u):
     """Image (B, D, H, W) float32 in [0, 1].
 
     fam (B,) index into FAMILIES; is_ct (B,) bool; out_w (B, D, H, W) = 1 - soft foreground
     occupancy (overwritten: it becomes the image); cav_w (B_hollow, D, H, W) = 1 - soft cavity
-    occupancy of the hollow rows (in batch order), or None when no row is hollow.
+    occupancy of the hollow rows (in batch order), or None when no row is hollow; u (B, 24)
+    float64 the rows' appearance parameters (``rng.params(keys, 150, 24)``).
 
     Mixing is written ``v + (x - v) * (1 - m)`` so every step runs in place: fresh full-size
     tensors cost page faults on CPU, more than the arithmetic.
     """
     B, dev = keys.shape[0], keys.device
     L = _scale(shape)
-    u = rng.params(keys, 150, 24).double().unbind(1)
+    u = u.unbind(1)
     vessel, wall = fam == FAMILIES.index("tubular"), fam == FAMILIES.index("hollow")
 
     def pick(ct, mr):
@@ -483,30 +514,34 @@ def _render(keys, shape, fam, is_ct, out_w, cav_w):
     def col5(v):  # (B,) -> (B, 1, 1, 1) float64, for coarse fields
         return v[:, None, None, None]
 
-    def ramp_field(k, sub, sigma, thr, sign):
-        f, st = _noise(rng.substream(k, sub), 151, shape, 1, sigma)
+    def field_seeds(k, sub):  # the background fields' generator seeds: substream ``sub`` of tag 151
+        return rng.normal_seeds(rng.substream(rng.substream(k, sub), 151))
+
+    def ramp_field(seeds, sigma, thr, sign):
+        f, st = _field(seeds, shape, 1, sigma)
         arg = 0.5 + sign * (f[:, 0] - col5(thr)) * (sigma / 1.8)
         return _upsample(arg[:, None].float(), shape, st)[:, 0].clamp_(0, 1)
 
-    def vessel_field(k, rad):  # 1 - mask of other vessels, where two fields are both ~0
-        f, st = _noise(rng.substream(k, 3), 151, shape, 2, s_ves)
+    def vessel_field(seeds, rad):  # 1 - mask of other vessels, where two fields are both ~0
+        f, st = _field(seeds, shape, 2, s_ves)
         fv = _upsample((f * (s_ves / 1.22 / 1.5)).float(), shape, st)  # ~ distance / ramp width
         return fv[:, 0].mul_(fv[:, 0]).add_(fv[:, 1].mul_(fv[:, 1])).sqrt_().add_(_col(1 - rad)).clamp_(0, 1)
 
-    img = ramp_field(keys, 0, s_part, thr_b, 1.0).mul_(_col(tB - tA)).add_(_col(tA))
+    img = ramp_field(field_seeds(keys, 0), s_part, thr_b, 1.0).mul_(_col(tB - tA)).add_(_col(tA))
     rad = 0.5 + (0.7 + 1.0 * u[18]) * L / 32 / 1.5  # distractor vessel radius in ramp widths
     if not vessel.any():
-        keep = ramp_field(keys, 1, s_dis, thr_d, -1.0)
+        keep = ramp_field(field_seeds(keys, 1), s_dis, thr_d, -1.0)
     elif vessel.all():
-        keep = vessel_field(keys, rad)
+        keep = vessel_field(field_seeds(keys, 3), rad)
     else:
         org_rows, ves_rows = (~vessel).nonzero()[:, 0], vessel.nonzero()[:, 0]
+        seeds = field_seeds(keys, torch.where(vessel, 3, 1))  # each row its own substream, one chain
         keep = torch.empty_like(img)
-        keep[org_rows] = ramp_field(keys[org_rows], 1, s_dis, thr_d[org_rows], -1.0)
-        keep[ves_rows] = vessel_field(keys[ves_rows], rad[ves_rows])
+        keep[org_rows] = ramp_field(seeds[org_rows], s_dis, thr_d[org_rows], -1.0)
+        keep[ves_rows] = vessel_field(seeds[ves_rows], rad[ves_rows])
     img.sub_(_col(distr)).mul_(keep).add_(_col(distr))
     del keep
-    img.sub_(_col(clutter)).mul_(ramp_field(keys, 2, s_clu, thr_c, -1.0)).add_(_col(clutter))
+    img.sub_(_col(clutter)).mul_(ramp_field(field_seeds(keys, 2), s_clu, thr_c, -1.0)).add_(_col(clutter))
     img = out_w.mul_(img.sub_(_col(fg))).add_(_col(fg))
     if cav_w is not None:  # only on the hollow rows: (x - v) * 1 + v is not exactly x
         rows = wall.nonzero()[:, 0]
@@ -594,13 +629,14 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
     pick = (rng.params(keys, 101, 1)[:, 0] * len(modalities)).long().clamp(max=len(modalities) - 1)
     is_ct = torch.tensor([m == "ct" for m in modalities], device=dev)[pick]
 
+    seeds = _family_seeds(keys, torch.tensor(_FAMILY_TAGS, device=dev)[fam])
     phi = dcav = None
     for f, name in enumerate(FAMILIES):
         rows = (fam == f).nonzero()[:, 0]
         if not len(rows):
             continue
         whole = len(rows) == B
-        ph, dc = _FAMILY_FNS[name](keys if whole else keys[rows], shape, dev)
+        ph, dc = _FAMILY_FNS[name](seeds if whole else seeds.take(rows), shape, dev)
         if whole:
             phi = ph
         else:
@@ -619,8 +655,9 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
     # Partial volume: the fraction of a voxel's box inside a plane at signed distance phi is
     # clamp(0.5 - phi, 0, 1); a per-episode width 1.0-1.6 mm adds some scanner blur. Passed on
     # as 1 - occupancy (clamp(0.5 + phi / width)), the weight of what lies outside.
-    width = _col(1.0 + 0.6 * rng.params(keys, 150, 24)[:, 23].double())
+    look = rng.params(keys, 150, 24).double()  # appearance: this width and _render's parameters
+    width = _col(1.0 + 0.6 * look[:, 23])
     out_w = _ramp(phi.div_(width).add_(0.5))
     cav_w = None if dcav is None else _ramp(dcav.div_(width[fam == FAMILIES.index("hollow")]).add_(0.5))
     # (a family's field may be a view into a wider buffer: hand out a plain tensor)
-    return _render(keys, shape, fam, is_ct, out_w, cav_w).contiguous(), truth
+    return _render(keys, shape, fam, is_ct, out_w, cav_w, look).contiguous(), truth

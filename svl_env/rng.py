@@ -52,32 +52,54 @@ def as_keys(keys, device: torch.device | str | None = None) -> torch.Tensor:
     return torch.as_tensor(keys, dtype=torch.int64, device=device).reshape(-1)
 
 
-def substream(keys: torch.Tensor, *tags: int) -> torch.Tensor:
-    """Derive independent keys (B,) for a named purpose (``tags`` are small ints)."""
+def substream(keys: torch.Tensor, *tags) -> torch.Tensor:
+    """Derive independent keys (B,) for a named purpose. ``tags`` are small ints, or (B,) int64
+    tensors that give each row its own tag (the same bits as that row with the scalar tag: one
+    batched derivation where rows of different purposes would need one call each)."""
     k = hash32(keys)
     for tag in tags:
-        k = hash32(k ^ hash32(torch.full_like(k, (int(tag) * _GOLDEN) & _M32)))
+        t = (tag * _GOLDEN) & _M32 if torch.is_tensor(tag) else torch.full_like(k, (int(tag) * _GOLDEN) & _M32)
+        k = hash32(k ^ hash32(t))
     return k
+
+
+def normal_seeds(keys: torch.Tensor) -> torch.Tensor:
+    """The per-row generator seeds that ``normal(keys, ...)`` uses."""
+    return hash32(substream(keys, 1))
+
+
+# The per-row loops below fill each row's view in place (``Tensor.uniform_`` / ``normal_``: the
+# kernels ``torch.rand`` / ``torch.randn`` with ``out=`` run, so the same numbers) over views
+# made by one ``unbind``: ~2 us less per row than indexing ``out[b]`` and parsing randn's
+# keyword arguments, which matters as every reset draws ~15 fields per row.
+def uniform_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+    """U[0, 1) samples (B, *shape), row b from a generator seeded with ``seeds[b]``."""
+    out = torch.empty((seeds.shape[0], *shape), dtype=dtype, device=seeds.device)
+    gen = torch.Generator(device=seeds.device)
+    for row, s in zip(out.unbind(0), seeds.tolist()):  # one C call per row, see module doc
+        gen.manual_seed(s)
+        row.uniform_(generator=gen)
+    return out
+
+
+def normal_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+    """Standard normal samples (B, *shape), row b from a generator seeded with ``seeds[b]``."""
+    out = torch.empty((seeds.shape[0], *shape), dtype=dtype, device=seeds.device)
+    gen = torch.Generator(device=seeds.device)
+    for row, s in zip(out.unbind(0), seeds.tolist()):
+        gen.manual_seed(s)
+        row.normal_(generator=gen)
+    return out
 
 
 def uniform(keys: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
     """U[0, 1) samples of shape (B, *shape): row b depends only on keys[b] (and shape)."""
-    out = torch.empty((keys.shape[0], *shape), dtype=dtype, device=keys.device)
-    gen = torch.Generator(device=keys.device)
-    for b, k in enumerate(hash32(keys).tolist()):  # one C call per row, see module doc
-        gen.manual_seed(k)
-        torch.rand(shape, generator=gen, dtype=dtype, device=keys.device, out=out[b])
-    return out
+    return uniform_seeded(hash32(keys), shape, dtype)
 
 
 def normal(keys: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
     """Standard normal samples (B, *shape): row b depends only on keys[b]."""
-    out = torch.empty((keys.shape[0], *shape), dtype=dtype, device=keys.device)
-    gen = torch.Generator(device=keys.device)
-    for b, k in enumerate(hash32(substream(keys, 1)).tolist()):
-        gen.manual_seed(k)
-        torch.randn(shape, generator=gen, dtype=dtype, device=keys.device, out=out[b])
-    return out
+    return normal_seeded(normal_seeds(keys), shape, dtype)
 
 
 def params(keys: torch.Tensor, tag: int, n: int) -> torch.Tensor:

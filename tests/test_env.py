@@ -319,6 +319,19 @@ def test_component_count_is_the_same_whether_the_batch_is_split_or_not():
         torch.set_num_threads(threads)
 
 
+def test_component_count_keeps_rows_apart_at_their_borders():
+    # the rows are labelled side by side along W (metrics._count_rows): a component on one
+    # row's last W column and one on the next row's first column must stay two
+    from svl_env import metrics as M
+
+    m = torch.zeros(3, 4, 4, 5)
+    m[0, 1, 1, 4] = 1  # last W column of row 0
+    m[1, 1, 1, 0] = 1  # first W column of row 1, same (D, H)
+    m[1, 2, 2, 4] = 1  # and row 1's last column, diagonal to row 2's first
+    m[2, 1, 1, 0] = m[2, 3, 3, 0] = 1
+    assert M.n_components(m).tolist() == [1, 2, 2]
+
+
 def test_reset_mask_seeds_only_the_rows_being_reset():
     """A seed given for a row outside ``reset_mask`` is ignored, as SyncVectorEnv ignores it: that
     row's next episode continues its own generator."""

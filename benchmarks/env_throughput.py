@@ -6,7 +6,12 @@ noise -- are included in the cost). Prints voxel-steps/s, their ratio, the fract
 machine's memory bandwidth a native step reaches (bandwidth measured in the same run by a
 plain tensor copy of the bytes a step must touch), and the peak memory of each run.
 
-    python benchmarks/env_throughput.py [--envs 16] [--sizes 16 32 64] [--steps 20]
+    python benchmarks/env_throughput.py [--envs 16] [--sizes 16 32 64] [--steps 20] [--repeats 3]
+
+Native and sync runs alternate ``--repeats`` times, each in a fresh process; the table gives
+medians and the range of the per-pair ratios. (On a shared 2-core machine the speed of the
+same run drifts by +-15 % from minute to minute, enough to move a single pair's ratio from
+4.5x to 6.4x.)
 """
 
 from __future__ import annotations
@@ -81,27 +86,38 @@ def main() -> None:
     ap.add_argument("--envs", type=int, default=16)
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (max_steps=5: 4 autoresets)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating native / sync pairs per size")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
 
     rows = []
     for size in args.sizes:
         voxels = args.envs * size ** 3
-        t_nat, mem_nat = _measure("native", args.envs, size, args.steps)
-        t_syn, mem_syn = _measure("sync", args.envs, size, args.steps)
-        vps_nat = voxels * args.steps / t_nat
-        vps_syn = voxels * args.steps / t_syn
+        t_nat, t_syn, mem_nat, mem_syn = [], [], 0.0, 0.0
+        for _ in range(args.repeats):  # alternate, so that a drift of the machine hits both sides
+            t, m = _measure("native", args.envs, size, args.steps)
+            t_nat.append(t)
+            mem_nat = max(mem_nat, m)
+            t, m = _measure("sync", args.envs, size, args.steps)
+            t_syn.append(t)
+            mem_syn = max(mem_syn, m)
+        ratios = np.asarray(t_syn) / np.asarray(t_nat)
+        vps_nat = voxels * args.steps / float(np.median(t_nat))
+        vps_syn = voxels * args.steps / float(np.median(t_syn))
         bw = copy_bandwidth(voxels * BYTES_PER_VOXEL)
-        frac = (voxels * BYTES_PER_VOXEL * args.steps / t_nat) / bw
-        rows.append((size, vps_nat, vps_syn, vps_nat / vps_syn, frac, bw, mem_nat, mem_syn))
+        frac = BYTES_PER_VOXEL * vps_nat / bw
+        rows.append((size, vps_nat, vps_syn, float(np.median(ratios)), ratios.min(), ratios.max(), frac, bw,
+                     mem_nat, mem_syn))
 
     print(f"\nSVLDRL-v0 throughput, {args.envs} envs, {args.steps} steps (resets included), "
-          f"{torch.get_num_threads()} torch threads\n")
-    print("| patch | native voxel-steps/s | SyncVectorEnv voxel-steps/s | speed-up | bandwidth used | "
+          f"{torch.get_num_threads()} torch threads, median of {args.repeats} alternating runs\n")
+    print("| patch | native voxel-steps/s | SyncVectorEnv voxel-steps/s | speed-up (range) | bandwidth used | "
           "copy bandwidth | peak RSS native | peak RSS sync |")
     print("|---|---|---|---|---|---|---|---|")
-    for size, vn, vs, ratio, frac, bw, mn, ms in rows:
-        print(f"| {size}³ | {vn:,.0f} | {vs:,.0f} | {ratio:.1f}x | {100 * frac:.1f} % | {bw / 1e9:.1f} GB/s | "
-              f"{mn:,.0f} MB | {ms:,.0f} MB |")
+    for size, vn, vs, ratio, lo, hi, frac, bw, mn, ms in rows:
+        print(f"| {size}³ | {vn:,.0f} | {vs:,.0f} | {ratio:.1f}x ({lo:.1f}-{hi:.1f}) | {100 * frac:.1f} % | "
+              f"{bw / 1e9:.1f} GB/s | {mn:,.0f} MB | {ms:,.0f} MB |")
     print(f"\nbandwidth used = ({BYTES_PER_VOXEL} bytes/voxel a step must touch x voxel-steps/s) / copy bandwidth")
 
 

@@ -71,9 +71,9 @@ DEFAULT_TRAIN: dict = {
     "patch": 32, "batch": 4, "lr": 3e-3, "lr_power": 0.9, "lr_min_frac": 0.05, "bce": 1.0, "max_grad_norm": 5.0,
     "window": 64, "augment": False, "ema": 0.99,
     # stage schedule (svl-drl)
-    # (phantoms, 4 CPU-min, seeds 0-1: Warmup 0.5 with 2 rounds gave 0.692 test Dice in one run,
-    # 0.3 with 3 rounds and accept_z 1.0 gave 0.735 on average; with agent_encoder_grad off, 0.788
-    # over seeds 0-3; README "Staged pipeline")
+    # (phantoms, 4 CPU-min, 16 test cases, seeds 0-1: Warmup 0.5 with 2 rounds gave 0.692 test
+    # Dice in one run, 0.3 with 3 rounds and accept_z 1.0 gave 0.735 on average, 0.15 gave 0.742;
+    # with agent_encoder_grad off, 0.777 over seeds 0-3 on 64 test cases; README "Staged pipeline")
     "warmup_frac": 0.30, "transition_frac": 0.10, "rounds": 3,
     # loss weights (svl-drl)
     "lambda_max": 0.3, "alpha": 0.1, "beta_max": 0.3, "beta_ramp": 0.3,
@@ -82,8 +82,8 @@ DEFAULT_TRAIN: dict = {
     "entropy_coef": 0.01, "q_coef": 1.0, "outcome_coef": 1.0, "agent_lr_mult": 10.0, "refine_confidence": 0.0,
     # agent_encoder_grad: whether the label agents' value / policy losses also train the shared
     # encoder. Off: the encoder learns from the segmentation loss (and the intensity agents);
-    # on phantoms at 4 CPU-min, routing the label agents' RL gradients into it cost 0.03 test
-    # Dice (0.759 vs 0.788 over seeds 0-3; README "Staged pipeline").
+    # on phantoms at 4 CPU-min, routing the label agents' RL gradients into it cost 0.027 test
+    # Dice (0.750 vs 0.777 over seeds 0-3, 64 test cases; README "Staged pipeline").
     "accept_z": 1.0, "agent_encoder_grad": False,
     "refine_from": "given", "agent_target": "given",
     "reward_weights": None,

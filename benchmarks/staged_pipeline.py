@@ -218,7 +218,8 @@ def main(argv=None) -> int:
                 "modalities": args.modalities.split(",")}
         diff = [k for k, v in want.items() if data_summary.get(k, v) != v]
         if diff:
-            ap.error(f"--reuse: {work} holds a different data set (its {', '.join(diff)} differ from these arguments); use a new --workdir")
+            ap.error(f"--reuse: {work} holds a different data set (its {', '.join(diff)} differ from these "
+                     "arguments); use a new --workdir")
         if data_summary["n_test"] != args.test:
             data_summary = None
     if data_summary is None:

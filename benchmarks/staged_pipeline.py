@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -224,6 +225,8 @@ def main(argv=None) -> int:
             data_summary = None
     if data_summary is None:
         print(f"writing phantom dataset to {work} ...", flush=True)
+        for d in (work / "data" / "imagesTs", work / "clean_labelsTs"):  # a smaller --test leaves none behind
+            shutil.rmtree(d, ignore_errors=True)
         data_summary = make_phantom_dataset(work, n_train=args.train, n_test=args.test, seed=args.seed,
                                             families=args.families.split(","), modalities=args.modalities.split(","))
         data_summary["seed"] = args.seed

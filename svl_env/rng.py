@@ -68,28 +68,30 @@ def normal_seeds(keys: torch.Tensor) -> torch.Tensor:
     return hash32(substream(keys, 1))
 
 
-# The per-row loops below fill each row's view in place (``Tensor.uniform_`` / ``normal_``: the
-# kernels ``torch.rand`` / ``torch.randn`` with ``out=`` run, so the same numbers) over views
-# made by one ``unbind``: ~2 us less per row than indexing ``out[b]`` and parsing randn's
-# keyword arguments, which matters as every reset draws ~15 fields per row.
-def uniform_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
-    """U[0, 1) samples (B, *shape), row b from a generator seeded with ``seeds[b]``."""
-    out = torch.empty((seeds.shape[0], *shape), dtype=dtype, device=seeds.device)
-    gen = torch.Generator(device=seeds.device)
-    for row, s in zip(out.unbind(0), seeds.tolist()):  # one C call per row, see module doc
-        gen.manual_seed(s)
-        row.uniform_(generator=gen)
-    return out
+def _rows_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype, fill) -> torch.Tensor:
+    """(B, *shape) samples, row b filled by ``fill`` (``Tensor.uniform_`` / ``normal_``) from a
+    generator seeded with ``seeds[b]``.
 
-
-def normal_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
-    """Standard normal samples (B, *shape), row b from a generator seeded with ``seeds[b]``."""
+    One C call per row (see module doc), on the row views of one ``unbind``: ``uniform_`` /
+    ``normal_`` are the kernels ``torch.rand`` / ``torch.randn`` with ``out=`` run (the same
+    numbers), ~2 us less per row than indexing ``out[b]`` and parsing randn's keyword
+    arguments, which matters as every reset draws ~15 fields per row."""
     out = torch.empty((seeds.shape[0], *shape), dtype=dtype, device=seeds.device)
     gen = torch.Generator(device=seeds.device)
     for row, s in zip(out.unbind(0), seeds.tolist()):
         gen.manual_seed(s)
-        row.normal_(generator=gen)
+        fill(row, generator=gen)
     return out
+
+
+def uniform_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+    """U[0, 1) samples (B, *shape), row b from a generator seeded with ``seeds[b]``."""
+    return _rows_seeded(seeds, shape, dtype, torch.Tensor.uniform_)
+
+
+def normal_seeded(seeds: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+    """Standard normal samples (B, *shape), row b from a generator seeded with ``seeds[b]``."""
+    return _rows_seeded(seeds, shape, dtype, torch.Tensor.normal_)
 
 
 def uniform(keys: torch.Tensor, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:

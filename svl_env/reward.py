@@ -29,7 +29,7 @@ actor-critic learners.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -84,16 +84,14 @@ class Objective:
     def fragmentation(self) -> torch.Tensor:
         return (self.n_cc.double() - 1.0).clamp_min(0.0)
 
-    _FIELDS = ("tp", "n_pred", "n_target", "dice", "tv", "n_cc", "face", "vtv")
-
     def index_put(self, idx: torch.Tensor, other: "Objective") -> None:
         """Overwrite rows ``idx`` with ``other``'s (partial resets of a vector env)."""
-        for f in self._FIELDS:
-            getattr(self, f)[idx] = getattr(other, f)
+        for f in fields(self):
+            getattr(self, f.name)[idx] = getattr(other, f.name)
 
     def take(self, idx: torch.Tensor) -> "Objective":
         """Rows ``idx`` (a copy)."""
-        return Objective(*(getattr(self, f)[idx] for f in self._FIELDS))
+        return Objective(*(getattr(self, f.name)[idx] for f in fields(self)))
 
 
 def face_sums(f: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Non-learned policies: the baselines every learned agent must beat, and the oracle.
 
-All follow the ``agents.base.Policy`` protocol and act on a whole batch with tensor ops.
+All follow the ``agents.common.policy.Policy`` protocol and act on a whole batch with tensor ops.
 Those that compute a *target mask* (``MaskRefiner`` subclasses) act through the env's label
 actions: set_foreground where the target is 1 and the current mask 0, set_background where
 the target is 0 and the mask 1, keep elsewhere -- so the env applies them and the reward,
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from svl_env import CHANNEL_NAMES, LABEL_ACTIONS
 
-from .base import Policy, as_tensor
+from agents.common.policy import Policy, as_tensor
 
 KEEP, SET_FG, SET_BG, MAJORITY = (LABEL_ACTIONS.index(a) for a in ("keep", "set_foreground", "set_background",
                                                                    "majority"))
@@ -243,7 +243,7 @@ class OraclePolicy(MaskRefiner):
 
     def target(self, x, info):
         if info is None or "truth" not in info:
-            raise ValueError("the oracle needs info['truth'] (evaluate it with agents.evaluation.run_episodes)")
+            raise ValueError("the oracle needs info['truth'] (evaluate it with agents.eval.episodes.run_episodes)")
         return torch.as_tensor(np.asarray(info["truth"]), dtype=torch.float32, device=x.device)
 
 

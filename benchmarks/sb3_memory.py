@@ -43,7 +43,7 @@ CONFIGS = {
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from agents.sb3 import train_sb3, DEFAULTS
+from agents.sb3.train import train_sb3, DEFAULTS
 opts = json.loads(sys.argv[1]); updates = int(sys.argv[2]); patch = int(sys.argv[3]); n_envs = int(sys.argv[4])
 if "obs_dtype" in opts:
     opts["obs_dtype"] = getattr(np, opts["obs_dtype"])

@@ -1,7 +1,7 @@
 """Does vA3C learn? Dice vs truth on held-out phantoms, ablations, and training throughput.
 
 Trains vA3C on SVLDRL-v0 (phantoms, default noise, 32^3 patches) and scores, on the same
-held-out seeded episodes (``agents.evaluation.run_episodes``; episode i = reset seed
+held-out seeded episodes (``agents.eval.episodes.run_episodes``; episode i = reset seed
 ``eval_seed + i``, disjoint from training, whose env seeds are hashes of (seed, update)):
 
 - the noisy annotation (identity policy) and a 3x3x3 majority filter of it;
@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 
 def _evaluate(policy, env_kwargs, episodes, seed, progress):
-    from agents.evaluation import mean_ci, run_episodes
+    from agents.eval.episodes import mean_ci, run_episodes
 
     recs, _ = run_episodes(policy, env_kwargs, episodes, seed, batch_size=8, progress=progress)
     d = [r["dice"] for r in recs]
@@ -55,7 +55,7 @@ def _majority():
 
 
 def _train(env_kwargs, seed, budget, progress, **config):
-    from agents.va3c_train import run_training
+    from agents.va3c.train import run_training
 
     t0 = time.perf_counter()
     policy, _, run = run_training(env_kwargs, seed=seed, progress=progress, tensorboard=False, **budget, **config)
@@ -73,7 +73,7 @@ def _train_and_evaluate(job: dict) -> dict:
 
 def _throughput(env_kwargs, workers, seconds, threads, seed=0):
     """Voxel-agent updates per second of the RL stage (policy stage only)."""
-    from agents.va3c import Budget, VA3CRun
+    from agents.va3c.run import Budget, VA3CRun
 
     cfg = dict(warmup=False, value=False, threads=threads if workers == 0 else max(1, threads // workers))
     run = VA3CRun(env_kwargs, budget=Budget(minutes=seconds / 60), seed=seed, workers=workers, config=cfg)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     progress = not args.no_progress
     env_kwargs = dict(patch_size=args.patch_size)
     from agents.heuristics import IdentityPolicy
-    from agents.va3c import DEFAULT_CONFIG, VA3CPolicy
+    from agents.va3c.run import DEFAULT_CONFIG, VA3CPolicy
 
     def budget(full: bool) -> dict:
         wall = args.minutes if full else args.ablation_minutes

@@ -23,8 +23,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from agents import benchmark
-from agents.base import Policy
+from agents.eval import benchmark
+from agents.common.policy import Policy
 from svl_env import CHANNEL_NAMES, LABEL_ACTIONS
 
 KEEP, SET_FG, SET_BG = (LABEL_ACTIONS.index(a) for a in ("keep", "set_foreground", "set_background"))

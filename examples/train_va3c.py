@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from agents.evaluation import run_episodes, summarise
-from agents.refine import refine_folder
-from agents.va3c import train_va3c
+from agents.eval.episodes import run_episodes, summarise
+from agents.eval.refine import refine_folder
+from agents.va3c.run import train_va3c
 from svl_env import SVLDRLVectorEnv
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from agents import benchmark as B
-from agents.base import Policy
+from agents.eval import benchmark as B
+from agents.common.policy import Policy
 from agents.cli import main
-from agents.evaluation import PER_CASE_FIELDS, write_per_case_csv
+from agents.eval.episodes import PER_CASE_FIELDS, write_per_case_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(patch_size=10, max_steps=2)
@@ -113,7 +113,7 @@ def test_cli_errors_exit_2(tmp_path, capsys):
 
 def test_cli_learned_agents_checkpoint_and_budget(tmp_path):
     """ppo from a checkpoint and a2c trained for a few seconds appear in the table whatever their rank."""
-    from agents.sb3 import train_sb3
+    from agents.sb3.train import train_sb3
 
     ckpt = tmp_path / "ppo_run"
     train_sb3("ppo", ENV, timesteps=4, num_envs=2, out=ckpt, progress=False, width=4, depth=1, n_steps=2,

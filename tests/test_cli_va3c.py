@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
+from agents.common.checkpoint import load_checkpoint, save_checkpoint
 from agents.cli import main
 
 TRAIN = ["train", "--agent", "va3c", "--num-envs", "2", "--patch-size", "16", "--max-steps", "2", "--no-progress",

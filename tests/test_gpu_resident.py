@@ -42,7 +42,7 @@ def test_vector_env_returns_device_tensors_without_host_copies():
 
 def test_va3c_sync_mode_keeps_the_loop_on_the_device(monkeypatch):
     from svl_env import SVLDRLVectorEnv
-    from agents.va3c_train import run_training
+    from agents.va3c.train import run_training
 
     seen = {"steps": 0, "host_actions": 0, "host_obs": 0}
     real_step = SVLDRLVectorEnv.step
@@ -66,8 +66,8 @@ def test_va3c_sync_mode_keeps_the_loop_on_the_device(monkeypatch):
 
 def test_rllib_module_on_cuda():
     pytest.importorskip("ray.rllib")
-    from agents.rllib import VoxelPPONet
-    from agents.rllib_module import VoxelCategorical
+    from agents.rllib.train import VoxelPPONet
+    from agents.rllib.module import VoxelCategorical
 
     net = VoxelPPONet(6, 4, width=4, depth=1).cuda()
     logits, value = net(torch.rand(2, 6, 8, 8, 8, device="cuda"))

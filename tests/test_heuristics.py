@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium.vector import AutoresetMode
 
-from agents.evaluation import run_episodes
+from agents.eval.episodes import run_episodes
 from agents.heuristics import (ORACLE_NAME, Closing, IdentityPolicy, IntensityRefiner, MajorityFilter, OraclePolicy,
                                Opening, RandomPolicy, actions_towards, dilate, erode, make_heuristic, majority)
 from svl_env import CHANNEL_NAMES, LABEL_ACTIONS, SVLDRLVectorEnv

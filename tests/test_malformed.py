@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError
+from agents.common.checkpoint import CheckpointError
 from agents.cli import main
-from agents.va3c import Budget, VA3CPolicy, VA3CRun
+from agents.va3c.run import Budget, VA3CPolicy, VA3CRun
 from svl_env.nifti import DataError, DecathlonDataset
 
 SHAPE = (12, 12, 12)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError, save_checkpoint
+from agents.common.checkpoint import CheckpointError, save_checkpoint
 from agents.cli import main
 
 SHAPES = [(18, 20, 16), (20, 17, 19), (16, 16, 16), (19, 18, 20)]

@@ -1,4 +1,4 @@
-"""Refining whole NIfTI volumes with a trained policy (agents.refine, ``svl-drl refine``)."""
+"""Refining whole NIfTI volumes with a trained policy (agents.eval.refine, ``svl-drl refine``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from agents.cli import main
-from agents.checkpoint import save_checkpoint
-from agents.refine import grid_starts, observe, refine_volume
-from agents.va3c import VA3CPolicy
+from agents.common.checkpoint import save_checkpoint
+from agents.eval.refine import grid_starts, observe, refine_volume
+from agents.va3c.run import VA3CPolicy
 from svl_env import SVLDRLVectorEnv
 
 SHAPE = (97, 115, 93)

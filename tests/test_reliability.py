@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import (CheckpointError, atomic_write, load_checkpoint, load_state_dict_checked,
+from agents.common.checkpoint import (CheckpointError, atomic_write, load_checkpoint, load_state_dict_checked,
                                remove_stale_temporaries)
-from agents.va3c import Budget, VA3CRun, estimate_training_bytes
+from agents.va3c.run import Budget, VA3CRun, estimate_training_bytes
 from svl_env import SVLDRLVectorEnv, memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_sigkill_then_resume_then_sigint_then_resume(tmp_path, capsys):
 
 
 def test_worker_crash_mid_run_surfaces_and_keeps_checkpoint(tmp_path, watchdog):
-    from agents.va3c_train import run_training
+    from agents.va3c.train import run_training
 
     t0 = time.time()
     with pytest.raises(RuntimeError, match="worker 0 failed: RuntimeError: injected crash"):
@@ -147,8 +147,8 @@ def test_worker_crash_mid_run_surfaces_and_keeps_checkpoint(tmp_path, watchdog):
 
 
 def test_failed_fresh_run_leaves_nothing(tmp_path, monkeypatch):
-    from agents import va3c
-    from agents.va3c_train import run_training
+    from agents.va3c import run as va3c
+    from agents.va3c.train import run_training
 
     def boom(self, *a, **k):
         raise RuntimeError("simulated failure in the first update")
@@ -161,8 +161,8 @@ def test_failed_fresh_run_leaves_nothing(tmp_path, monkeypatch):
 
 def test_sigint_in_process_saves_final_checkpoint(tmp_path, monkeypatch):
     """The same Ctrl-C path, in-process: SIGINT raised inside an update (mid optimizer work)."""
-    from agents import va3c
-    from agents.va3c_train import run_training
+    from agents.va3c import run as va3c
+    from agents.va3c.train import run_training
 
     orig = va3c.Learner.update
 
@@ -181,7 +181,7 @@ def test_sigint_in_process_saves_final_checkpoint(tmp_path, monkeypatch):
 
 
 def test_sb3_sigint_stops_cleanly_with_final_model(tmp_path, monkeypatch):
-    from agents import sb3
+    from agents.sb3 import train as sb3
 
     orig = sb3.TrainingCallback._on_rollout_end
 
@@ -258,7 +258,7 @@ def test_no_loader_executes_code_from_a_file():
 
 
 def test_sb3_trusted_source_warnings_in_docs_and_help():
-    from agents import sb3
+    from agents.sb3 import train as sb3
     from agents.cli import build_parser
 
     for obj in (sb3, sb3.load_sb3, sb3.SB3Policy.load, sb3.train_from_args):
@@ -307,7 +307,7 @@ def test_memory_estimates_and_sources(monkeypatch):
         memory.parse_size("lots")
     small, big = memory.env_bytes(8, (32,) * 3), memory.env_bytes(8, (64,) * 3)
     assert big == 8 * small and memory.env_bytes(8, (32,) * 3, action_rewards=True) > small
-    from agents.va3c import make_config
+    from agents.va3c.run import make_config
 
     cfg = make_config(num_envs=4)
     est = estimate_training_bytes(cfg, dict(patch_size=32))

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from agents.base import Policy
-from agents.checkpoint import CheckpointError, save_checkpoint
+from agents.common.policy import Policy
+from agents.common.checkpoint import CheckpointError, save_checkpoint
 from agents.cli import main
-from agents.rllib import INSTALL_HINT, RLlibPolicy, VoxelPPONet
+from agents.rllib.train import INSTALL_HINT, RLlibPolicy, VoxelPPONet
 
 ENV = dict(patch_size=8, max_steps=3)
 TINY = dict(width=4, depth=1)
@@ -87,7 +87,7 @@ def test_unreachable_address_fails_fast(capsys, tmp_path):
 # ------------------------------------------------------------ per-voxel distribution
 def test_voxel_categorical_matches_per_voxel_reference():
     pytest.importorskip("ray.rllib")
-    from agents.rllib_module import VoxelCategorical, VoxelCategoricalSum
+    from agents.rllib.module import VoxelCategorical, VoxelCategoricalSum
 
     torch.manual_seed(0)
     B, K, S = 2, 3, (2, 3, 2)
@@ -132,7 +132,7 @@ def test_voxel_categorical_matches_per_voxel_reference():
 def ray_local():
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.rllib")
-    from agents.rllib import init_ray
+    from agents.rllib.train import init_ray
 
     started = init_ray(None, RUNNERS)
     yield ray
@@ -142,7 +142,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def trained(ray_local, tmp_path_factory):
-    from agents.rllib import train_rllib
+    from agents.rllib.train import train_rllib
 
     out = tmp_path_factory.mktemp("rllib") / "run"
     rows = []
@@ -183,14 +183,14 @@ def test_trained_policy_acts_under_the_protocol(trained):
     loaded = RLlibPolicy.load(out)
     np.testing.assert_array_equal(loaded.act(obs, None, deterministic=True), a)
     # on the env itself: a full episode, actions accepted
-    from agents.evaluation import run_episodes
+    from agents.eval.episodes import run_episodes
 
     records, _ = run_episodes(loaded, dict(ENV), 2, 0, batch_size=2, progress=False)
     assert len(records) == 2 and all(0.0 <= r["dice"] <= 1.0 for r in records)
 
 
 def test_resume_and_cli(trained, tmp_path, capsys):
-    from agents.rllib import train_rllib
+    from agents.rllib.train import train_rllib
 
     _, out, _ = trained
     # resume: weights and iteration count continue (a Ray instance is up: it is reused)

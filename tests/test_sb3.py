@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from agents.sb3 import SB3Policy, detect_algo, load_sb3, split_config, train_sb3
-from agents.sb3_adapter import SB3VecEnv
-from agents.sb3_policy import VoxelCategorical
+from agents.sb3.train import SB3Policy, detect_algo, load_sb3, split_config, train_sb3
+from agents.sb3.vec_env import SB3VecEnv
+from agents.sb3.policy import VoxelCategorical
 
 ENV = dict(patch_size=8, max_steps=3)
 TINY = dict(width=4, depth=1, n_steps=3)  # 3 steps = one episode per env

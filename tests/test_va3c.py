@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from agents.evaluation import run_episodes
-from agents.networks import PolicyValueNet, make_backbone
-from agents.va3c import (Budget, RewardMapConv, VA3CModel, VA3CPolicy, VA3CRun, a2c_segment_loss, lr_at, make_config,
+from agents.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.eval.episodes import run_episodes
+from agents.common.networks import PolicyValueNet, make_backbone
+from agents.va3c.run import (Budget, RewardMapConv, VA3CModel, VA3CPolicy, VA3CRun, a2c_segment_loss, lr_at, make_config,
                          stage_at, supervised_loss, train_va3c)
 
 TINY = dict(width=4, depth=1, num_envs=2)
@@ -153,7 +153,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     full = VA3CRun(ENV16, budget=Budget(updates=4), seed=7, config=cfg)
     full.run()
     # the same run, interrupted after update 2 (checkpoint written), then resumed
-    from agents.va3c_train import run_training
+    from agents.va3c.train import run_training
 
     run_training(ENV16, updates=4, seed=7, out=tmp_path / "r", progress=False, _stop_after=2, **cfg)
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt", "va3c")["meta"]["update"] == 2

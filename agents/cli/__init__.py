@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     mod = importlib.import_module(_available()[args.command][0])
-    from ..checkpoint import CheckpointError  # noqa: F401  (a ValueError, caught below)
+    from agents.common.checkpoint import CheckpointError  # noqa: F401  (a ValueError, caught below)
 
     try:
         return int(mod.run(args) or 0)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..envargs import add_env_arguments
+from agents.cli.envargs import add_env_arguments
 
 
 def minutes(text: str):
     """'4' -> 4.0 (every learned agent) or 'va3c=6,ppo=2.5' -> {name: minutes}."""
-    from ..benchmark import parse_name_values
+    from agents.eval.benchmark import parse_name_values
 
     if "=" in text:
         return parse_name_values([text], "--train-minutes", float)
@@ -30,7 +30,7 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..benchmark import BUILTIN, DEFAULT_AGENTS, QUICK
+    from agents.eval.benchmark import BUILTIN, DEFAULT_AGENTS, QUICK
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(BUILTIN)} "
@@ -70,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import benchmark as B
-    from ..envargs import env_kwargs
+    from agents.eval import benchmark as B
+    from agents.cli.envargs import env_kwargs
 
     agents = getattr(args, "agents", None)
     episodes, overlays = getattr(args, "episodes", None), getattr(args, "overlays", None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..envargs import add_env_arguments, env_kwargs
+from agents.cli.envargs import add_env_arguments, env_kwargs
 
 METRICS = ("dice", "iou", "hd95", "asd", "continuity")
 
@@ -41,8 +41,8 @@ def _load_policy(path, device):
     """A policy from any agent's checkpoint (vA3C natively; SB3 agents when available).
 
     SB3 zips contain pickles that run code when loaded: only from a trusted source."""
-    from ..checkpoint import CheckpointError, load_checkpoint
-    from ..va3c import KIND, VA3CPolicy, resolve_checkpoint
+    from agents.common.checkpoint import CheckpointError, load_checkpoint
+    from agents.va3c.run import KIND, VA3CPolicy, resolve_checkpoint
 
     p = Path(path)
     if p.is_dir() and not (p / "checkpoint.pt").is_file():
@@ -51,11 +51,11 @@ def _load_policy(path, device):
             p = zips[-1]
     if p.suffix == ".zip":  # stable-baselines3 agents save zip files
         try:
-            from ..sb3 import load_sb3
+            from agents.sb3.train import load_sb3
         except ImportError as exc:  # pragma: no cover
-            raise CheckpointError(f"{p}: SB3 checkpoints need agents.sb3 ({exc})") from None
+            raise CheckpointError(f"{p}: SB3 checkpoints need agents.sb3.train ({exc})") from None
         return load_sb3(p, device=device), {}
-    from ..rllib import KIND as RLLIB_KIND, RLlibPolicy  # torch only: no Ray needed to act
+    from agents.rllib.train import KIND as RLLIB_KIND, RLlibPolicy  # torch only: no Ray needed to act
 
     # both tensor-only formats (vA3C, RLlib PPO): the kind recorded in the file picks the class
     ck = load_checkpoint(resolve_checkpoint(p), (KIND, RLLIB_KIND))
@@ -64,9 +64,9 @@ def _load_policy(path, device):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import mean_ci, run_episodes, write_json, write_per_case_csv
+    from agents.eval.episodes import mean_ci, run_episodes, write_json, write_per_case_csv
 
-    from ..checkpoint import check_dir_path
+    from agents.common.checkpoint import check_dir_path
 
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")

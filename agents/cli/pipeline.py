@@ -15,7 +15,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..staged.trainer import METHODS
+    from agents.staged.trainer import METHODS
 
     p.add_argument("--data", required=True, metavar="DIR", help="Decathlon folder: imagesTr/ + noisy labelsTr/")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (refined labels, model, report)")
@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..staged.model import MonaiMissingError
-    from ..staged.pipeline import run_pipeline
+    from agents.staged.model import MonaiMissingError
+    from agents.staged.pipeline import run_pipeline
 
     for k in ("minutes", "cpu_minutes"):
         v = getattr(args, k)

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..refine import refine_folder
+    from agents.eval.refine import refine_folder
 
     patch = None
     if args.patch_size is not None:

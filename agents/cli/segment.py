@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..staged.segment import segment_folder
+    from agents.staged.segment import segment_folder
 
     window = None
     if args.window is not None:

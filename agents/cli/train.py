@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from ..envargs import add_env_arguments
+from agents.cli.envargs import add_env_arguments
 
 # agent name -> "module:function"
 TRAINERS = {
-    "va3c": "agents.va3c_train:train_from_args",
-    "ppo": "agents.sb3:train_from_args",
-    "a2c": "agents.sb3:train_from_args",
+    "va3c": "agents.va3c.train:train_from_args",
+    "ppo": "agents.sb3.train:train_from_args",
+    "a2c": "agents.sb3.train:train_from_args",
     # PPO on Ray RLlib, distributed env runners; needs the extra: pip install "svl-drl[rllib]"
-    "rllib-ppo": "agents.rllib:train_from_args",
+    "rllib-ppo": "agents.rllib.train:train_from_args",
 }
 
 

@@ -26,10 +26,10 @@ current training labels (intensity agents); clean labels are never read in train
 segment``) applies the model to new images of any size.
 """
 
-from .model import DEFAULT_MODEL, MonaiMissingError, StagedNet, make_model
-from .pipeline import run_pipeline, score_masks
-from .segment import predict_probability, segment_folder
-from .trainer import DEFAULT_TRAIN, METHODS, STAGES, train
+from agents.staged.model import DEFAULT_MODEL, MonaiMissingError, StagedNet, make_model
+from agents.staged.pipeline import run_pipeline, score_masks
+from agents.staged.segment import predict_probability, segment_folder
+from agents.staged.trainer import DEFAULT_TRAIN, METHODS, STAGES, train
 
 __all__ = ["StagedNet", "make_model", "DEFAULT_MODEL", "MonaiMissingError", "run_pipeline", "score_masks",
            "predict_probability", "segment_folder", "train", "METHODS", "STAGES", "DEFAULT_TRAIN"]

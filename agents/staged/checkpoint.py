@@ -1,4 +1,4 @@
-"""Saving and loading the staged model (``agents.checkpoint`` format: tensors + JSON, atomic,
+"""Saving and loading the staged model (``agents.common.checkpoint`` format: tensors + JSON, atomic,
 read back with ``torch.load(weights_only=True)``).
 
 A pipeline output folder holds ``model.pt``: checkpoint kind ``"staged"``, config = the model
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .model import DEFAULT_MODEL, StagedNet
+from agents.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from agents.staged.model import DEFAULT_MODEL, StagedNet
 
 KIND = "staged"
 MODEL_FILE = "model.pt"

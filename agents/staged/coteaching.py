@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..va3c import Budget, update_seed
-from .data import TrainingSet
-from .losses import seg_loss
-from .model import make_model
+from agents.va3c.run import Budget, update_seed
+from agents.staged.data import TrainingSet
+from agents.staged.losses import seg_loss
+from agents.staged.model import make_model
 
 __all__ = ["small_loss_mask", "train_coteaching"]
 
@@ -59,7 +59,7 @@ def train_coteaching(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, m
                      progress: bool = True):
     from tqdm.auto import tqdm
 
-    from .trainer import Clock, TrainResult, WeightEMA, _Recorder, _dice_np, _lr, predict_training
+    from agents.staged.trainer import Clock, TrainResult, WeightEMA, _Recorder, _dice_np, _lr, predict_training
 
     mcfg = {**(model_config or {}), "agents": False}
     nets = [make_model(mcfg, seed=seed).to(device), make_model(mcfg, seed=seed + 7919).to(device)]

@@ -21,9 +21,9 @@ from gymnasium.vector import AutoresetMode
 from svl_env import SVLDRLVectorEnv
 from svl_env.sources import CaseSource
 
-from .label_refinement import gumbel_sample
-from .losses import actor_critic_losses
-from .model import StagedNet, state_channels
+from agents.staged.label_refinement import gumbel_sample
+from agents.staged.losses import actor_critic_losses
+from agents.staged.model import StagedNet, state_channels
 
 __all__ = ["IntensityAgentEpisodes"]
 

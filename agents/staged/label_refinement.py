@@ -42,10 +42,10 @@ from gymnasium.vector import AutoresetMode
 from svl_env import SVLDRLVectorEnv
 from svl_env.dynamics import apply_label_actions
 
-from .data import Augment
-from .losses import actor_critic_losses
-from .model import StagedNet, state_channels
-from .segment import sliding_window
+from agents.staged.data import Augment
+from agents.staged.losses import actor_critic_losses
+from agents.staged.model import StagedNet, state_channels
+from agents.staged.segment import sliding_window
 
 __all__ = ["LabelAgentEpisodes", "refine_labels", "refine_volume", "gumbel_sample", "outcome_loss"]
 
@@ -157,12 +157,12 @@ class LabelAgentEpisodes:
 
 def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The paper's Dice loss applied to the agents' *outcome* (vA3C's supervised term,
-    ``agents.va3c.supervised_loss``): with c_a the state action a gives a voxel,
+    ``agents.va3c.run.supervised_loss``): with c_a the state action a gives a voxel,
     p_fg = Σ_a π_a c_a must match the reward target G (soft Dice) and the probability of ending
     in G's state, Σ_{a: c_a = g} π_a, is maximised (cross-entropy on the outcome, not on one
     arbitrary action -- keep and set_foreground are both right on a correct foreground voxel).
     logits (B, 4, D, H, W); mask, target (B, D, H, W) -> scalar."""
-    from ..va3c import supervised_loss
+    from agents.va3c.run import supervised_loss
 
     return supervised_loss(logits, mask, target)[0]
 
@@ -239,8 +239,8 @@ def refine_labels(model: StagedNet, training_set, *, max_steps: int = 3, confide
     Returns (new labels, info: per-case ``net_edit``, ``z``, ``accepted``)."""
     from svl_env.dynamics import neighbourhood_mean
 
-    from .model import consensus_gap
-    from .segment import predict_probability
+    from agents.staged.model import consensus_gap
+    from agents.staged.segment import predict_probability
 
     labels = training_set.given if start == "given" else training_set.current
     proposals, net, gaps = [], [], []

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..networks import ConvBlock, _groups
+from agents.common.networks import ConvBlock, _groups
 
 __all__ = ["StagedNet", "make_model", "BACKBONES", "DEFAULT_MODEL", "N_STATE", "STATE_CHANNELS", "state_channels",
            "N_LABEL_ACTIONS", "N_INTENSITY_ACTIONS", "MonaiMissingError"]

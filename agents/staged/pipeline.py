@@ -3,7 +3,7 @@
 Output folder (``out``)::
 
     refined_labels/NAME.nii.gz   one per labelsTr file: same name, shape, affine, header, dtype
-    model.pt                     the staged model (agents.checkpoint format, kind "staged")
+    model.pt                     the staged model (agents.common.checkpoint format, kind "staged")
     report.json                  method, budget, stage plan, per stage and round: losses,
                                  rewards, loss weights, agreement with the given labels;
                                  label-refinement rounds; timing; ``eval`` (only with eval_labels)
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write, check_dir_path
-from ..va3c import Budget
-from .checkpoint import MODEL_FILE, save_model
-from .data import load_training_set
-from .trainer import METHODS, STAGES, TrainResult, make_train_config, predict_training, train
+from agents.common.checkpoint import atomic_write, check_dir_path
+from agents.va3c.run import Budget
+from agents.staged.checkpoint import MODEL_FILE, save_model
+from agents.staged.data import load_training_set
+from agents.staged.trainer import METHODS, STAGES, TrainResult, make_train_config, predict_training, train
 
 __all__ = ["run_pipeline", "score_masks", "REPORT_FILE", "CURVES_FILE", "REFINED_DIR"]
 

@@ -1,7 +1,7 @@
 """Sliding-window inference with a staged model, and ``svl-drl segment`` on a folder of images.
 
 A volume of any size (e.g. 97 x 115 x 93) is cut into overlapping windows on a regular grid
-(``agents.refine.grid_starts``: the last window of each axis flush with the volume's end;
+(``agents.eval.refine.grid_starts``: the last window of each axis flush with the volume's end;
 volumes smaller than a window are edge-padded). Each voxel's foreground probability is the
 mean of its windows' sigmoid outputs; the mask is probability > 0.5. Output files get the
 image's affine and header (data type set to uint8; ``--label-value`` is the foreground value).
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from svl_env.nifti import list_nifti, nifti_stem, save_label_like
 
-from ..refine import grid_starts
+from agents.eval.refine import grid_starts
 
 __all__ = ["window_starts", "sliding_window", "predict_probability", "segment_folder", "DEFAULT_WINDOW"]
 
@@ -129,8 +129,8 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
     """
     from svl_env.nifti import load_case
 
-    from ..checkpoint import all_or_nothing
-    from .checkpoint import load_model
+    from agents.common.checkpoint import all_or_nothing
+    from agents.staged.checkpoint import load_model
 
     model, meta = load_model(model_path, device=device)
     images = Path(images)

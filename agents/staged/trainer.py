@@ -38,7 +38,7 @@ Methods (``METHODS``):
 - ``"coteaching"``: Han et al. 2018 for segmentation (``coteaching.py``), two networks of the
   same backbone sharing the budget.
 
-Budget (``agents.va3c.Budget``): ``updates``, wall ``minutes`` or ``cpu_minutes`` of this
+Budget (``agents.va3c.run.Budget``): ``updates``, wall ``minutes`` or ``cpu_minutes`` of this
 process (``time.process_time``: all threads; a budget other programs on the machine do not
 shrink). The clock counts training work only -- gradient updates and label refinement -- and
 is paused while reports (agreement with the given labels) are computed, for every method alike.
@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..va3c import Budget, update_seed
-from .data import TrainingSet
-from .label_refinement import LabelAgentEpisodes, refine_labels
-from .losses import LossWeights, seg_loss, stage_weights
-from .model import StagedNet, make_model
-from .segment import predict_probability
+from agents.va3c.run import Budget, update_seed
+from agents.staged.data import TrainingSet
+from agents.staged.label_refinement import LabelAgentEpisodes, refine_labels
+from agents.staged.losses import LossWeights, seg_loss, stage_weights
+from agents.staged.model import StagedNet, make_model
+from agents.staged.segment import predict_probability
 
 __all__ = ["METHODS", "STAGES", "DEFAULT_TRAIN", "make_train_config", "Clock", "TrainResult", "train",
            "stage_plan"]
@@ -288,7 +288,7 @@ def train(method: str, ts: TrainingSet, *, budget: Budget, seed: int = 0, stages
     cfg = make_train_config(**(config or {}))
     device = torch.device(device)
     if method == "coteaching":
-        from .coteaching import train_coteaching
+        from agents.staged.coteaching import train_coteaching
 
         return train_coteaching(ts, budget=budget, seed=seed, cfg=cfg, model_config=model_config, device=device,
                                 progress=progress)
@@ -327,7 +327,7 @@ class _StagedRun:
                 encoder_grad=bool(cfg["agent_encoder_grad"]), device=device)
         self.intensity = None
         if model.has_agents and int(cfg["intensity_every"]) > 0:
-            from .intensity_agents import IntensityAgentEpisodes
+            from agents.staged.intensity_agents import IntensityAgentEpisodes
 
             self.intensity = IntensityAgentEpisodes(
                 ts, num_envs=cfg["agent_envs"], patch_shape=self.patch, max_steps=cfg["intensity_steps"],

@@ -4,7 +4,7 @@
     svl-drl train --agent rllib-ppo --num-env-runners 2 --updates 50 --out runs/rllib
     svl-drl train --agent rllib-ppo --num-env-runners 16 --address auto --out runs/rllib   # a running cluster
 
-    from agents.rllib import train_rllib, RLlibPolicy
+    from agents.rllib.train import train_rllib, RLlibPolicy
     policy = train_rllib({"patch_size": 32}, updates=50, num_env_runners=2, out="runs/rllib")
     actions = policy.act(obs)                          # (B, D, H, W) int64, the Policy protocol
     policy = RLlibPolicy.load("runs/rllib")            # no Ray needed to act
@@ -15,13 +15,13 @@ How the pieces fit:
   ``gym.make_vec("SVLDRL-v0", num_envs, vectorization_mode="vector_entry_point", **env_config)``,
   i.e. ONE native batched ``SVLDRLVectorEnv`` per runner (not ``num_envs`` copies stepped in a
   loop). ``import svl_env`` registers the id; the runners import it when they unpickle the
-  RLModule class (``agents.rllib_module`` imports ``svl_env``). The env keeps its default
+  RLModule class (``agents.rllib.module`` imports ``svl_env``). The env keeps its default
   ``AutoresetMode.NEXT_STEP``, the mode RLlib's ``SingleAgentEnvRunner`` is written for.
-- The RLModule (``agents.rllib_module.VoxelPPOModule``) wraps ``VoxelPPONet`` below, the same
-  network layout as the SB3 baseline: the shared 3D backbone (``agents.networks``), a per-voxel
+- The RLModule (``agents.rllib.module.VoxelPPOModule``) wraps ``VoxelPPONet`` below, the same
+  network layout as the SB3 baseline: the shared 3D backbone (``agents.common.networks``), a per-voxel
   policy head (3x3x3 conv, ReLU, 1x1x1 conv to K logits, "keep" biased) and a pooled value head.
 - The action distribution is one batched per-voxel categorical (``VoxelCategorical``);
-  log-probabilities and entropies are per-voxel means (see ``agents.rllib_module``).
+  log-probabilities and entropies are per-voxel means (see ``agents.rllib.module``).
 - One PPO iteration = one episode of ``max_steps`` steps from each of the ``num_envs``
   environments of each env runner (``rollout_fragment_length = max_steps``), then
   ``num_epochs`` passes of minibatch SGD on the learner (the driver process, or a GPU).
@@ -39,7 +39,7 @@ This module imports Ray only to train: ``RLlibPolicy`` (act, save, load) needs t
 Run folder (``out``)::
 
     config.json       agent, env_kwargs, PPO and network options, seed, Ray address
-    checkpoint.pt     the policy network, tensor-only (``agents.checkpoint``; loads with
+    checkpoint.pt     the policy network, tensor-only (``agents.common.checkpoint``; loads with
                       ``weights_only=True``, never runs code from the file); rewritten atomically
                       every ``checkpoint_every`` iterations and at the end
     metrics.csv       one row per iteration: losses, entropy, episode return, Dice, throughput
@@ -63,11 +63,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .base import Policy, as_tensor
-from .checkpoint import (atomic_write, check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
+from agents.common.policy import Policy, as_tensor
+from agents.common.checkpoint import (atomic_write, check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
                          save_checkpoint)
-from .networks import PooledValueHead, make_backbone
-from .va3c import _env_dims, resolve_checkpoint  # same run-folder layout and env dims as vA3C
+from agents.common.networks import PooledValueHead, make_backbone
+from agents.va3c.run import _env_dims, resolve_checkpoint  # same run-folder layout and env dims as vA3C
 
 KIND = "rllib-ppo"
 INSTALL_HINT = 'Ray RLlib is not installed: pip install "svl-drl[rllib]"'
@@ -194,12 +194,12 @@ class RLlibPolicy(Policy):
 
     @classmethod
     def from_checkpoint(cls, ck: dict, device="cpu", name: str | None = None) -> "RLlibPolicy":
-        """The policy of a loaded checkpoint (``agents.checkpoint.load_checkpoint``); its network
+        """The policy of a loaded checkpoint (``agents.common.checkpoint.load_checkpoint``); its network
         config and weights are validated (keys, shapes, finite values) before anything loads."""
         from svl_env.dynamics import ACTION_SETS
         from svl_env.vector_env import CHANNEL_NAMES
 
-        from .checkpoint import CheckpointError
+        from agents.common.checkpoint import CheckpointError
 
         cfg, where = ck["config"], ck.get("path", "rllib-ppo checkpoint")
         net_cfg = cfg.get("net")
@@ -273,7 +273,7 @@ def build_config(env_kwargs: dict, *, num_env_runners: int = 2, num_envs: int = 
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from .rllib_module import SVLCallbacks, VoxelPPOModule
+    from agents.rllib.module import SVLCallbacks, VoxelPPOModule
 
     if int(num_env_runners) < 0:
         raise ValueError(f"num_env_runners must be >= 0, got {num_env_runners}")
@@ -488,7 +488,7 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         **options: PPO and network options, see ``build_config``.
     """
     require_ray()
-    from .envargs import validate_env
+    from agents.cli.envargs import validate_env
 
     if updates is not None and int(updates) < 1:
         raise ValueError(f"updates must be >= 1, got {updates}")
@@ -555,7 +555,7 @@ def _train_loop(algo, net_config, ckpt_config, run_dir, updates, minutes, start_
                 progress, hooks) -> RLlibPolicy:
     from tqdm.auto import tqdm
 
-    from .interrupt import graceful_sigint
+    from agents.common.interrupt import graceful_sigint
 
     stop = {"flag": False}
     budget = None if minutes is None else 60.0 * float(minutes)
@@ -646,7 +646,7 @@ def train_from_args(args) -> Path:
     ``--num-env-runners`` Ray actors (default 2); ``--address`` an existing cluster.
     """
     require_ray()  # before anything else: the one-line install hint, exit status 2
-    from .envargs import check_train_budget_args, env_kwargs as make_env_kwargs
+    from agents.cli.envargs import check_train_budget_args, env_kwargs as make_env_kwargs
 
     check_train_budget_args(args, "rllib-ppo scales with --num-env-runners")
     runners = 2 if args.num_env_runners is None else int(args.num_env_runners)

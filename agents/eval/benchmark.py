@@ -2,7 +2,7 @@
 
 Python API (a researcher's own policy beside the built-ins)::
 
-    from agents import benchmark
+    from agents.eval import benchmark
     result = benchmark.run(policies=[MyPolicy()], agents=["identity", "intensity", "oracle"],
                            env_kwargs={"patch_size": 32}, episodes=32, seed=0, out="runs/bench")
     print(result["leaderboard_md"].read_text())
@@ -10,7 +10,7 @@ Python API (a researcher's own policy beside the built-ins)::
 Files in ``out``:
 
     per_case.csv       one row per (policy, episode): Dice, IoU, HD95, ASD, continuity, ...
-                       (``agents.evaluation.PER_CASE_FIELDS``) -- the source of every number
+                       (``agents.eval.episodes.PER_CASE_FIELDS``) -- the source of every number
     curves.csv         Dice vs truth after each step of each episode (step 0 = annotation)
     leaderboard.csv    mean and 95% CI (Student t) per policy, computed FROM per_case.csv
     leaderboard.md     the same as a Markdown table (``leaderboard_from_per_case``)
@@ -41,9 +41,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import evaluation as E
-from .checkpoint import atomic_write
-from .heuristics import HEURISTICS, ORACLE_NAME, make_heuristic
+from agents.eval import episodes as E
+from agents.common.checkpoint import atomic_write
+from agents.heuristics import HEURISTICS, ORACLE_NAME, make_heuristic
 
 LEARNED = ("va3c", "ppo", "a2c")
 BUILTIN = tuple(HEURISTICS) + LEARNED
@@ -304,11 +304,11 @@ def load_learned(name: str, path, device="cpu"):
     """A trained agent from a checkpoint: ``ppo``/``a2c`` from SB3 zips (pickles: trusted
     files only), ``va3c`` from the project's tensor-only checkpoint."""
     if name in ("ppo", "a2c"):
-        from .sb3 import load_sb3
+        from agents.sb3.train import load_sb3
 
         return load_sb3(path, device=device, algo=name, name=LABELS[name])
     if name == "va3c":
-        from .va3c import VA3CPolicy
+        from agents.va3c.run import VA3CPolicy
 
         pol = VA3CPolicy.load(path, device=device)
         _set_name(pol, LABELS["va3c"])
@@ -332,11 +332,11 @@ def train_learned(name: str, env_kwargs: dict, minutes: float, seed: int, out: P
     config = dict(config or {})
     budget = {"cpu_minutes" if clock == "cpu" else "minutes": minutes}
     if name == "va3c":
-        from .va3c import train_va3c
+        from agents.va3c.run import train_va3c
 
         pol = train_va3c(env_kwargs, seed=seed, workers=workers, out=out, progress=progress, **budget, **config)
     elif name in ("ppo", "a2c"):
-        from .sb3 import train_sb3
+        from agents.sb3.train import train_sb3
 
         pol = train_sb3(name, env_kwargs, seed=seed, out=out, progress=progress, **budget, **config)
     else:

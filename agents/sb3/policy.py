@@ -9,7 +9,7 @@ Categorical objects (a Python loop over 32768 voxels at 32^3: log-prob + entropy
 + sample of a batch of 8 took 24.8 s against 0.39 s here, 64x); never use it here.
 
 ``VoxelActorCriticPolicy`` -- an SB3 ``ActorCriticPolicy`` whose features extractor is the
-project's shared 3D backbone (``agents.networks.make_backbone``): per-voxel features
+project's shared 3D backbone (``agents.common.networks.make_backbone``): per-voxel features
 (B, F, D, H, W) -> per-voxel logits (B, K, D, H, W) and a pooled scalar value (B, 1).
 
 Why the log-probability is a per-voxel MEAN by default (``reduction="mean"``)
@@ -39,7 +39,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch.distributions import Categorical
 
-from .networks import PooledValueHead, make_backbone
+from agents.common.networks import PooledValueHead, make_backbone
 
 REDUCTIONS = ("mean", "sum")
 
@@ -137,12 +137,12 @@ class VoxelActorCriticPolicy(ActorCriticPolicy):
     """Fully-convolutional actor-critic for flattened per-voxel ``MultiDiscrete`` actions.
 
     Observation space ``Box(C, D, H, W)``; action space ``MultiDiscrete([K] * V)`` with
-    V = D*H*W (``agents.sb3_adapter.SB3VecEnv`` provides both). Because everything is
-    convolutional, a trained policy also runs on other patch sizes (``agents.sb3.SB3Policy``
+    V = D*H*W (``agents.sb3.vec_env.SB3VecEnv`` provides both). Because everything is
+    convolutional, a trained policy also runs on other patch sizes (``agents.sb3.train.SB3Policy``
     bypasses SB3's observation-shape check for that).
 
     Extra keyword arguments (go into PPO/A2C ``policy_kwargs``):
-        backbone, width, depth: the shared backbone (``agents.networks.make_backbone``).
+        backbone, width, depth: the shared backbone (``agents.common.networks.make_backbone``).
         keep_bias: initial logit bonus of action 0 ("keep"). With uniform logits one voxel in
             four would flip at random every step and wreck the annotation, so every episode of
             early training would teach nothing but "stop destroying"; starting near "keep"

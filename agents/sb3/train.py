@@ -1,12 +1,12 @@
 """PPO and A2C from stable-baselines3 on SVLDRL-v0, with a fully-convolutional voxel policy.
 
-    from agents.sb3 import train_sb3, load_sb3
+    from agents.sb3.train import train_sb3, load_sb3
     policy = train_sb3("ppo", {"patch_size": 32, "noise": "mt"}, minutes=2.5, out="runs/ppo")
     actions = policy.act(obs)                     # (B, D, H, W) int64, the Policy protocol
     policy = load_sb3("runs/ppo/model.zip")       # PPO or A2C, detected from the file
 
-Pieces: ``agents.sb3_adapter.SB3VecEnv`` (native vector env -> SB3 ``VecEnv``, flat int8
-``MultiDiscrete`` actions), ``agents.sb3_policy.VoxelActorCriticPolicy`` (shared 3D backbone,
+Pieces: ``agents.sb3.vec_env.SB3VecEnv`` (native vector env -> SB3 ``VecEnv``, flat int8
+``MultiDiscrete`` actions), ``agents.sb3.policy.VoxelActorCriticPolicy`` (shared 3D backbone,
 per-voxel logits, pooled value, batched per-voxel categorical). See those modules for the
 design choices (per-voxel mean log-prob and entropy, "keep"-biased initial policy).
 
@@ -20,7 +20,7 @@ Run folder (``out``), the same layout as ``svl-drl train --agent va3c``::
 
 SECURITY: SB3 zips contain pickled Python objects (cloudpickle); loading one can run
 arbitrary code. Load only zips from a trusted source (your own runs). The project's own
-checkpoints (``agents.checkpoint``) are tensor-only for that reason; SB3 offers no such format.
+checkpoints (``agents.common.checkpoint``) are tensor-only for that reason; SB3 offers no such format.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 from tqdm.auto import tqdm
 
-from .base import Policy, as_tensor
-from .checkpoint import atomic_write, ensure_dir
-from .interrupt import graceful_sigint
-from .sb3_adapter import SB3VecEnv
-from .sb3_policy import VoxelActorCriticPolicy
+from agents.common.policy import Policy, as_tensor
+from agents.common.checkpoint import atomic_write, ensure_dir
+from agents.common.interrupt import graceful_sigint
+from agents.sb3.vec_env import SB3VecEnv
+from agents.sb3.policy import VoxelActorCriticPolicy
 
 ALGOS = {"ppo": PPO, "a2c": A2C}
 POLICY_KEYS = ("backbone", "width", "depth", "keep_bias", "reduction")
@@ -210,7 +210,7 @@ class TrainingCallback(BaseCallback):
         self._t0 = self._t_iter = self._wall0 = 0.0
         self._last_iter = 0.0
         self._stop = False
-        self.interrupted = False  # set by Ctrl-C (agents.interrupt): stop at the next step
+        self.interrupted = False  # set by Ctrl-C (agents.common.interrupt): stop at the next step
         self.bar = None
 
     def _on_training_start(self) -> None:
@@ -318,7 +318,7 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
     resume_zip = _resume_zip(resume) if resume is not None else None
     if resume_zip is not None:
         detect_algo(resume_zip)  # a damaged zip is named before anything is written
-    from .envargs import validate_env
+    from agents.cli.envargs import validate_env
 
     validate_env(env_kwargs)  # options and every case of a data folder, before the run folder is touched
     if out is None and resume_zip is not None:
@@ -396,7 +396,7 @@ def train_from_args(args: argparse.Namespace) -> Path:
     ``--resume RUN`` continues RUN (its model.zip: the last checkpoint) into the same folder.
     SB3 zips contain pickles: resume only runs from a trusted source.
     """
-    from .envargs import check_train_budget_args, env_kwargs as make_env_kwargs
+    from agents.cli.envargs import check_train_budget_args, env_kwargs as make_env_kwargs
 
     algo = args.agent
     check_train_budget_args(args, "PPO/A2C step one batched environment")

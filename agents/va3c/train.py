@@ -3,7 +3,7 @@
 Run folder (``--out``)::
 
     checkpoint.pt   model + Adam state + reward conv + update counter (periodic and final;
-                    agents.checkpoint format, kind "va3c", loads with weights_only)
+                    agents.common.checkpoint format, kind "va3c", loads with weights_only)
     config.json     the network / training / env config and seed (what rebuilds the run)
     metrics.csv     one row per update (stage, losses, Dice of the rollouts, throughput)
     events.out.tfevents.*   TensorBoard scalars (``tensorboard --logdir RUN``)
@@ -34,9 +34,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, ensure_dir, remove_stale_temporaries
-from .interrupt import graceful_sigint
-from .va3c import Budget, VA3CPolicy, VA3CRun
+from agents.common.checkpoint import atomic_write, ensure_dir, remove_stale_temporaries
+from agents.common.interrupt import graceful_sigint
+from agents.va3c.run import Budget, VA3CPolicy, VA3CRun
 
 METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "loss", "sup_dice", "sup_ce",
                  "sup",
@@ -129,11 +129,11 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
     memory the configuration needs. Ctrl-C ends the run after the current update with a
     final checkpoint, then raises ``KeyboardInterrupt``.
     """
-    from .envargs import validate_env
+    from agents.cli.envargs import validate_env
 
     resume_dir = None
     if resume is not None:
-        from .va3c import resolve_checkpoint
+        from agents.va3c.run import resolve_checkpoint
 
         ck_path = resolve_checkpoint(resume)
         resume_dir = ck_path.parent
@@ -214,7 +214,7 @@ def _remove_created(out_dir: Path, before: set, created: list[Path]) -> None:
 
 def train_from_args(args) -> Path:
     """``svl-drl train --agent va3c`` (options: agents/cli/train.py)."""
-    from .envargs import env_kwargs
+    from agents.cli.envargs import env_kwargs
 
     if args.resume is not None and not Path(args.resume).exists():
         raise FileNotFoundError(f"run to resume not found: {args.resume}")

@@ -1,20 +1,20 @@
 """RLlib pieces of the per-voxel PPO agent (new API stack): distribution, RLModule, callbacks.
 
-Imports Ray; ``agents.rllib`` (trainer, ``RLlibPolicy``) imports this module only when it
+Imports Ray; ``agents.rllib.train`` (trainer, ``RLlibPolicy``) imports this module only when it
 trains, so a trained policy acts and loads without Ray.
 
 ``VoxelCategorical`` -- one independent categorical per voxel as ONE batched
 ``torch.distributions.Categorical`` over (B, V, K) logits (V = D*H*W voxels, K actions).
 RLlib's ``TorchMultiCategorical`` builds one ``Categorical`` per entry of a ``MultiDiscrete``
 space and loops over them in Python: 32768 distributions per 32^3 sample, far too slow.
-Like the SB3 baseline (``agents.sb3_policy``), ``logp``/``entropy``/``kl`` are per-voxel MEANS
+Like the SB3 baseline (``agents.sb3.policy``), ``logp``/``entropy``/``kl`` are per-voxel MEANS
 by default: PPO's ratio ``exp(logp_new - logp_old)`` of the exact joint (a sum over V voxels)
 leaves the clip range after any update at 32^3; the mean makes it the geometric mean of the
 per-voxel ratios and ``entropy_coeff`` a per-voxel coefficient. ``VoxelCategoricalSum`` is the
 textbook joint distribution.
 
-``VoxelPPOModule`` -- ``TorchRLModule`` + ``ValueFunctionAPI`` around ``agents.rllib.VoxelPPONet``
-(the shared backbone of ``agents.networks``, a per-voxel policy head and a pooled value head).
+``VoxelPPOModule`` -- ``TorchRLModule`` + ``ValueFunctionAPI`` around ``agents.rllib.train.VoxelPPONet``
+(the shared backbone of ``agents.common.networks``, a per-voxel policy head and a pooled value head).
 RLlib's connectors hand the observation through unchanged: the default env-to-module pipeline
 batches and tensorises (no flattening connector is added unless configured), so the module
 sees (B, C, D, H, W) float32; the distribution's samples are (B, D, H, W) int64, the shape of
@@ -40,7 +40,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 import svl_env  # noqa: F401  registers "SVLDRL-v0" in every process that unpickles this module (env runners)
 
-from .rllib import VoxelPPONet, net_config_for
+from agents.rllib.train import VoxelPPONet, net_config_for
 
 
 class VoxelCategorical(TorchDistribution):

@@ -181,7 +181,7 @@ def summarise(records: list[dict], fields=("dice", "iou", "hd95", "asd", "contin
 
 
 def write_per_case_csv(records: list[dict], path) -> Path:
-    from .checkpoint import atomic_write
+    from agents.common.checkpoint import atomic_write
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
@@ -219,7 +219,7 @@ CURVE_FIELDS = ("policy", "episode", "step", "dice")
 def write_curves_csv(curves: dict[str, np.ndarray], path) -> Path:
     """Dice-vs-step curves ``{policy: (episodes, steps + 1)}`` as long-format CSV
     (policy, episode, step, dice); step 0 is the annotation."""
-    from .checkpoint import atomic_write
+    from agents.common.checkpoint import atomic_write
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
@@ -250,7 +250,7 @@ def read_curves_csv(path) -> dict[str, np.ndarray]:
 
 
 def write_json(obj, path) -> Path:
-    from .checkpoint import atomic_write
+    from agents.common.checkpoint import atomic_write
 
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=float)))
 

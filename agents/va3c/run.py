@@ -1,6 +1,6 @@
 """vA3C: the voxel-level advantage actor-critic of SVL-DRL (PixelRL's method, in 3D).
 
-Every voxel is an agent; one fully-convolutional ``PolicyValueNet`` (agents.networks), shared by
+Every voxel is an agent; one fully-convolutional ``PolicyValueNet`` (agents.common.networks), shared by
 all of them, outputs K action logits and a value per voxel. Training runs the paper's stages on
 ``SVLDRLVectorEnv`` (label actions by default):
 
@@ -71,10 +71,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from gymnasium.vector import AutoresetMode
 
-from .base import Policy, as_tensor
-from .checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint,
+from agents.common.policy import Policy, as_tensor
+from agents.common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint,
                          validate_state_dict)
-from .networks import PolicyValueNet
+from agents.common.networks import PolicyValueNet
 
 KIND = "va3c"
 STAGES = ("warmup", "value", "policy")
@@ -1087,7 +1087,7 @@ def train_va3c(env_kwargs: dict, *, minutes: float | None = None, updates: int |
     options ``resume`` (a run folder / checkpoint to continue; its config wins),
     ``checkpoint_every`` (updates, default 50) and ``tensorboard`` (default True).
     """
-    from .va3c_train import run_training
+    from agents.va3c.train import run_training
 
     return run_training(env_kwargs, minutes=minutes, updates=updates, seed=seed, workers=workers, out=out,
                         progress=progress, **config)[0]

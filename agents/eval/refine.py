@@ -69,7 +69,7 @@ def refine_volume(policy, image: np.ndarray, label: np.ndarray, *, patch_size=32
                   desc: str | None = None) -> np.ndarray:
     """Refine one volume. image (D, H, W) float in [0, 1]; label (D, H, W) binary.
 
-    ``policy``: any ``agents.base.Policy`` acting on label actions (e.g. ``VA3CPolicy``).
+    ``policy``: any ``agents.common.policy.Policy`` acting on label actions (e.g. ``VA3CPolicy``).
     Returns the refined mask (D, H, W) bool.
     """
     image = np.asarray(image, dtype=np.float32)
@@ -134,9 +134,9 @@ def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
 def load_policy(checkpoint, device="cpu"):
     """A vA3C (or RLlib PPO) policy and its env settings (patch size, max_steps) from a run
     folder or file; both are the project's tensor-only checkpoints."""
-    from .checkpoint import load_checkpoint
-    from .rllib import KIND as RLLIB_KIND, RLlibPolicy
-    from .va3c import KIND, VA3CPolicy, resolve_checkpoint
+    from agents.common.checkpoint import load_checkpoint
+    from agents.rllib.train import KIND as RLLIB_KIND, RLlibPolicy
+    from agents.va3c.run import KIND, VA3CPolicy, resolve_checkpoint
 
     ck = load_checkpoint(resolve_checkpoint(checkpoint), (KIND, RLLIB_KIND))
     pol = (RLlibPolicy if ck["kind"] == RLLIB_KIND else VA3CPolicy).from_checkpoint(ck, device=device)
@@ -180,7 +180,7 @@ def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps
     """
     from svl_env.nifti import load_case, save_label_like
 
-    from .checkpoint import all_or_nothing
+    from agents.common.checkpoint import all_or_nothing
 
     policy, env = load_policy(checkpoint, device=device)
     pairs = pair_files(images, labels)

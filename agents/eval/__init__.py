@@ -1,0 +1,1 @@
+"""Evaluation: seeded episodes, the benchmark and its leaderboard, refinement of NIfTI folders."""

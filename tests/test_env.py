@@ -13,7 +13,6 @@ from gymnasium.vector import AutoresetMode
 
 import svl_env
 from svl_env import SVLDRLEnv, SVLDRLVectorEnv
-from svl_env.metrics import dice
 
 P = 16  # patch size used by most tests: fast on 2 cores
 

@@ -10,7 +10,8 @@ from gymnasium.vector import AutoresetMode
 
 from agents.cli import main
 from agents.common.checkpoint import save_checkpoint
-from agents.eval.refine import grid_starts, observe, refine_volume
+from agents.common.windows import grid_starts
+from agents.eval.refine import observe, refine_volume
 from agents.va3c.run import VA3CPolicy
 from svl_env import SVLDRLVectorEnv
 

@@ -30,7 +30,7 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.eval.benchmark import BUILTIN, DEFAULT_AGENTS, QUICK
+    from agents.eval.benchmark import BUILTIN, QUICK
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(BUILTIN)} "

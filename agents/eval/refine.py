@@ -27,6 +27,8 @@ from svl_env import CHANNEL_NAMES
 from svl_env.dynamics import apply_label_actions, neighbourhood_mean
 from svl_env.nifti import list_nifti, nifti_stem
 
+from agents.common.windows import as_triple, grid_starts
+
 
 def observe(image: torch.Tensor, mask: torch.Tensor, annotation: torch.Tensor, t: int, max_steps: int) -> torch.Tensor:
     """The env's observation of a batch of patch states: (B, D, H, W) x3 -> (B, C, D, H, W).
@@ -41,26 +43,6 @@ def observe(image: torch.Tensor, mask: torch.Tensor, annotation: torch.Tensor, t
     if missing:
         raise ValueError(f"refine does not know how to build observation channel(s) {missing}")
     return torch.stack([chans[c] for c in CHANNEL_NAMES], 1)
-
-
-def grid_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Patch origins along one axis: stride ``patch·(1-overlap)``, last patch flush with the end."""
-    if size <= patch:
-        return [0]
-    stride = max(1, int(round(patch * (1.0 - overlap))))
-    starts = list(range(0, size - patch + 1, stride))
-    if starts[-1] != size - patch:
-        starts.append(size - patch)
-    return starts
-
-
-def _triple(p) -> tuple[int, int, int]:
-    if isinstance(p, (int, np.integer)):
-        return (int(p),) * 3
-    t = tuple(int(v) for v in p)
-    if len(t) != 3:
-        raise ValueError(f"patch size must be an int or 3 ints, got {p!r}")
-    return t  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -80,7 +62,7 @@ def refine_volume(policy, image: np.ndarray, label: np.ndarray, *, patch_size=32
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    patch = _triple(patch_size)
+    patch = as_triple(patch_size, 'patch size')
     dev = torch.device(device if device is not None else getattr(policy, "device", "cpu"))
     shape = image.shape
     # pad (edge for the image, zeros for the label) to at least one patch per axis

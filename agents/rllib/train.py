@@ -52,9 +52,6 @@ not load).
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import time
 from pathlib import Path
@@ -64,8 +61,9 @@ import torch
 import torch.nn as nn
 
 from agents.common.policy import Policy, as_tensor
-from agents.common.checkpoint import (atomic_write, check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
+from agents.common.checkpoint import (check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
                          save_checkpoint)
+from agents.common.runlog import MetricsCSV, TensorBoardLog, jsonable, write_json
 from agents.common.networks import PooledValueHead, make_backbone
 from agents.va3c.run import _env_dims, resolve_checkpoint  # same run-folder layout and env dims as vA3C
 
@@ -441,28 +439,6 @@ def set_net(algo, net: VoxelPPONet) -> None:
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
-class _MetricsCSV:
-    """``metrics.csv``: append one flushed row per iteration (a kill tears at most the last line)."""
-
-    def __init__(self, path: Path, append: bool):
-        self.path = path
-        if not (append and path.is_file()):
-            def header(tmp):
-                with open(tmp, "w", newline="") as fh:
-                    csv.DictWriter(fh, fieldnames=FIELDS).writeheader()
-
-            atomic_write(path, header)  # a fresh log appears whole or not at all
-        self.fh = open(path, "a", newline="")
-        self.w = csv.DictWriter(self.fh, fieldnames=FIELDS, extrasaction="ignore")
-
-    def __call__(self, row: dict) -> None:
-        self.w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in row.items()})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float | None = None,
                 num_env_runners: int = 2, num_envs: int = 4, address: str | None = None, seed: int = 0,
                 out=None, resume=None, checkpoint_every: int | None = 50, progress: bool = True,
@@ -516,7 +492,7 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         raise ValueError(f"{resume}: the checkpoint's network {start_net.config} differs from the requested {net_config}")
     patch = env_config_for(env_kwargs).get("patch_size", 32)
     n_vox = int(np.prod(patch if isinstance(patch, tuple) else (patch,) * 3))
-    ckpt_config = {"net": net_config, "env": _jsonable(env_config_for(env_kwargs)),
+    ckpt_config = {"net": net_config, "env": jsonable(env_config_for(env_kwargs)),
                    "module": {k: model_cfg[k] for k in MODULE_DEFAULTS}}
     started = init_ray(address, num_env_runners)
     algo = None
@@ -526,7 +502,7 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         if run_dir is not None:
             ppo_cfg = {k: getattr(config, k, None) for k in PPO_DEFAULTS}
             ppo_cfg["train_batch_size"] = config.train_batch_size_per_learner
-            _write_config(run_dir, {
+            write_json(run_dir / "config.json", {
                 "agent": KIND, "env_kwargs": ckpt_config["env"], "seed": seed, "num_env_runners": num_env_runners,
                 "num_envs_per_env_runner": num_envs, "address": address, "model": model_cfg, "ppo": ppo_cfg,
                 "updates": updates, "minutes": minutes, "resumed_from": str(resume) if resume else None})
@@ -534,9 +510,9 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         if start_net is not None:
             set_net(algo, start_net)
         if run_dir is not None:
-            hooks.append(_MetricsCSV(run_dir / "metrics.csv", append=resume is not None))
+            hooks.append(MetricsCSV(run_dir / "metrics.csv", FIELDS, step_key="iteration", append=resume is not None))
             if tensorboard:
-                hooks.append(_TensorBoard(run_dir))
+                hooks.append(TensorBoardLog(run_dir, prefix="rllib", step_key="iteration"))
         policy = _train_loop(algo, net_config, ckpt_config, run_dir, updates, minutes, start_iter, n_vox,
                              checkpoint_every, progress, hooks + ([on_iteration] if on_iteration else []))
     finally:
@@ -607,36 +583,6 @@ def _train_loop(algo, net_config, ckpt_config, run_dir, updates, minutes, start_
     if stop["flag"]:
         raise KeyboardInterrupt
     return policy
-
-
-class _TensorBoard:
-    def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.w = SummaryWriter(log_dir=str(log_dir))
-
-    def __call__(self, row: dict) -> None:
-        for k, v in row.items():
-            if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.w.add_scalar(f"rllib/{k}", v, int(row["iteration"]))
-
-    def close(self) -> None:
-        self.w.close()
-
-
-def _write_config(run_dir: Path, cfg: dict) -> None:
-    text = json.dumps(_jsonable(cfg), indent=2, default=str)
-    atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
-
-
-def _jsonable(d):
-    if isinstance(d, dict):
-        return {str(k): _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    if isinstance(d, (str, int, float, bool)) or d is None:
-        return d
-    return str(d)
 
 
 def train_from_args(args) -> Path:

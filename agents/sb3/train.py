@@ -41,6 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 from tqdm.auto import tqdm
 
+from agents.common.budget import CLOCKS
 from agents.common.policy import Policy, as_tensor
 from agents.common.checkpoint import atomic_write, ensure_dir
 from agents.common.interrupt import graceful_sigint
@@ -176,10 +177,6 @@ class MetricsCSV(KVWriter):
 
     def close(self) -> None:
         pass
-
-
-#: budget clocks: wall-clock seconds, or CPU seconds of this process (all its threads)
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class TrainingCallback(BaseCallback):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.va3c.run import Budget, update_seed
+from agents.common.budget import Budget, update_seed
 from agents.staged.data import TrainingSet
 from agents.staged.losses import seg_loss
 from agents.staged.model import make_model

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 from svl_env import SVLDRLVectorEnv
 from svl_env.sources import CaseSource
 
-from agents.staged.label_refinement import gumbel_sample
+from agents.common.distributions import gumbel_sample
 from agents.staged.losses import actor_critic_losses
 from agents.staged.model import StagedNet, state_channels
 

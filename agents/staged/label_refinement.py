@@ -42,19 +42,13 @@ from gymnasium.vector import AutoresetMode
 from svl_env import SVLDRLVectorEnv
 from svl_env.dynamics import apply_label_actions
 
+from agents.common.distributions import gumbel_sample
 from agents.staged.data import Augment
 from agents.staged.losses import actor_critic_losses
 from agents.staged.model import StagedNet, state_channels
-from agents.staged.segment import sliding_window
+from agents.common.windows import sliding_window
 
 __all__ = ["LabelAgentEpisodes", "refine_labels", "refine_volume", "gumbel_sample", "outcome_loss"]
-
-
-def gumbel_sample(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One categorical sample per voxel from (B, K, ...) logits -> (B, ...) int64 (seeded)."""
-    u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
-    g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
-    return (logits.detach() + g).argmax(1)
 
 
 class LabelAgentEpisodes:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from agents.common.checkpoint import atomic_write, check_dir_path
-from agents.va3c.run import Budget
+from agents.common.budget import Budget
 from agents.staged.checkpoint import MODEL_FILE, save_model
 from agents.staged.data import load_training_set
 from agents.staged.trainer import METHODS, STAGES, TrainResult, make_train_config, predict_training, train

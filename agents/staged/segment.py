@@ -1,7 +1,7 @@
 """Sliding-window inference with a staged model, and ``svl-drl segment`` on a folder of images.
 
 A volume of any size (e.g. 97 x 115 x 93) is cut into overlapping windows on a regular grid
-(``agents.eval.refine.grid_starts``: the last window of each axis flush with the volume's end;
+(``agents.common.windows``: the last window of each axis flush with the volume's end;
 volumes smaller than a window are edge-padded). Each voxel's foreground probability is the
 mean of its windows' sigmoid outputs; the mask is probability > 0.5. Output files get the
 image's affine and header (data type set to uint8; ``--label-value`` is the foreground value).
@@ -10,7 +10,6 @@ image's affine and header (data type set to uint8; ``--label-value`` is the fore
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,71 +17,9 @@ from tqdm.auto import tqdm
 
 from svl_env.nifti import list_nifti, nifti_stem, save_label_like
 
-from agents.eval.refine import grid_starts
+from agents.common.windows import DEFAULT_WINDOW, as_triple, sliding_window, window_starts
 
-__all__ = ["window_starts", "sliding_window", "predict_probability", "segment_folder", "DEFAULT_WINDOW"]
-
-DEFAULT_WINDOW = 64
-
-
-def _triple(p) -> tuple[int, int, int]:
-    if isinstance(p, (int, np.integer)):
-        return (int(p),) * 3
-    t = tuple(int(v) for v in p)
-    if len(t) != 3 or min(t) < 1:
-        raise ValueError(f"window must be a positive int or 3 positive ints, got {p!r}")
-    return t  # type: ignore[return-value]
-
-
-def window_starts(shape, window, overlap: float) -> list[tuple[int, int, int]]:
-    """Window origins covering ``shape`` (each axis at least one window)."""
-    w = _triple(window)
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    axes = [grid_starts(max(s, p), p, overlap) for s, p in zip(shape, w)]
-    return [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
-
-
-@torch.no_grad()
-def sliding_window(fn: Callable[[torch.Tensor, list[tuple[slice, slice, slice]]], torch.Tensor],
-                   volumes: list[np.ndarray], *, window=DEFAULT_WINDOW, overlap: float = 0.25, batch_size: int = 2,
-                   out_channels: int = 1, device="cpu", pad_modes=None, progress=None) -> np.ndarray:
-    """Run ``fn`` over windows of a volume and average the outputs.
-
-    volumes: list of (D, H, W) arrays (image first; masks, ...) cut at the same windows and
-    stacked as channels: ``fn(x (N, len(volumes), *win), slices) -> (N, out_channels, *win)``.
-    ``pad_modes``: per volume "edge" (default for the first) or "constant" (zeros; default
-    for the others). Returns the mean output (out_channels, D, H, W) float32.
-    """
-    shape = volumes[0].shape
-    # the network is fully convolutional: a window never needs to exceed the volume
-    win = tuple(min(w, s) for w, s in zip(_triple(window), shape))
-    padded = tuple(max(s, w) for s, w in zip(shape, win))
-    modes = list(pad_modes) if pad_modes is not None else ["edge"] + ["constant"] * (len(volumes) - 1)
-    dev = torch.device(device)
-    arrs = []
-    for v, mode in zip(volumes, modes):
-        v = np.asarray(v, dtype=np.float32)
-        pad = [(0, p - s) for s, p in zip(shape, padded)]
-        if any(p[1] for p in pad):
-            v = np.pad(v, pad, mode=mode)
-        arrs.append(torch.as_tensor(v, device=dev))
-    vol = torch.stack(arrs)  # (C, *padded)
-    acc = torch.zeros((out_channels, *padded), device=dev)
-    cnt = torch.zeros(padded, device=dev)
-    starts = window_starts(padded, win, overlap)
-    for i in range(0, len(starts), max(1, int(batch_size))):
-        chunk = starts[i:i + batch_size]
-        sl = [(slice(a, a + win[0]), slice(b, b + win[1]), slice(c, c + win[2])) for a, b, c in chunk]
-        x = torch.stack([vol[(slice(None),) + s] for s in sl])
-        y = fn(x, sl)
-        for j, s in enumerate(sl):
-            acc[(slice(None),) + s] += y[j]
-            cnt[s] += 1
-        if progress is not None:
-            progress.update(len(chunk))
-    out = acc / cnt.clamp_min(1)
-    return out[:, : shape[0], : shape[1], : shape[2]].cpu().numpy()
+__all__ = ["predict_probability", "segment_folder"]
 
 
 @torch.no_grad()
@@ -94,7 +31,7 @@ def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, over
         raise ValueError(f"image must be a 3D volume, got shape {image.shape}")
     was_training = model.training
     model.eval()
-    win = tuple(min(w, s) for w, s in zip(_triple(window), image.shape))
+    win = tuple(min(w, s) for w, s in zip(as_triple(window), image.shape))
     n = len(window_starts(image.shape, win, overlap))
     bar = tqdm(total=n, desc=desc or "segment", unit="window", disable=not progress, leave=False)
     try:

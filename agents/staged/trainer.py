@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agents.va3c.run import Budget, update_seed
+from agents.common.budget import Budget, scheduled_lr, update_seed
 from agents.staged.data import TrainingSet
 from agents.staged.label_refinement import LabelAgentEpisodes, refine_labels
 from agents.staged.losses import LossWeights, seg_loss, stage_weights
@@ -188,8 +188,7 @@ class TrainResult:
 
 
 def _lr(cfg: dict, p: float) -> float:
-    lr0 = float(cfg["lr"])
-    return max(lr0 * float(cfg["lr_min_frac"]), lr0 * (1.0 - min(max(p, 0.0), 1.0)) ** float(cfg["lr_power"]))
+    return scheduled_lr(cfg["lr"], p, power=cfg["lr_power"], min_frac=cfg["lr_min_frac"])
 
 
 def _dice_np(a: np.ndarray, b: np.ndarray) -> float:

@@ -61,7 +61,6 @@ import queue as _queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,6 +73,8 @@ from gymnasium.vector import AutoresetMode
 from agents.common.policy import Policy, as_tensor
 from agents.common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint,
                          validate_state_dict)
+from agents.common.budget import Budget, scheduled_lr, update_seed
+from agents.common.distributions import gumbel_sample
 from agents.common.networks import PolicyValueNet
 
 KIND = "va3c"
@@ -201,16 +202,6 @@ def supervised_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tens
     return w_dice * dl + w_ce * ce, {"sup_dice": float(dl.detach()), "sup_ce": float(ce.detach())}
 
 
-def gumbel_sample(logits: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """One categorical sample per voxel from (B, K, ...) logits -> (B, ...) int64.
-
-    Gumbel-max with an explicit generator: reproducible per update, no global RNG state.
-    """
-    u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
-    g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
-    return (logits.detach() + g).argmax(1)
-
-
 def a2c_segment_loss(model: VA3CModel, logps, values, rewards, bootstrap, gamma: float):
     """PixelRL's n-step loss over one segment (lists of length T, tensors (B, D, H, W)).
 
@@ -264,56 +255,8 @@ def stage_at(cfg: dict, progress: float) -> str:
 
 
 def lr_at(cfg: dict, progress: float) -> float:
-    p = min(max(progress, 0.0), 1.0)
-    lr0, floor = float(cfg["lr"]), float(cfg["lr"]) * float(cfg["lr_min_frac"])
-    if cfg["lr_schedule"] == "constant":
-        return lr0
-    if cfg["lr_schedule"] == "cosine":
-        return floor + (lr0 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-    return max(floor, lr0 * (1.0 - p) ** float(cfg["lr_power"]))
-
-
-def update_seed(seed: int, *index: int) -> int:
-    """A 31-bit seed from (seed, index...): the env seeds and sampling of one update."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[int(i) for i in index]]).generate_state(1)[0]
-               & 0x7FFFFFFF)
-
-
-@dataclass
-class Budget:
-    """Training budget; whichever limit is reached first ends the run.
-
-    ``updates``: number of updates; ``minutes``: wall clock; ``cpu_minutes``: CPU time of the
-    training process (sync mode) -- "10 minutes on 2 cores" is ``cpu_minutes=20``, a budget
-    that other programs competing for the same cores do not shrink.
-    """
-
-    updates: int | None = None
-    minutes: float | None = None
-    cpu_minutes: float | None = None
-
-    def __post_init__(self):
-        if self.updates is None and self.minutes is None and self.cpu_minutes is None:
-            self.updates = 200
-        if self.updates is not None and int(self.updates) < 1:
-            raise ValueError(f"updates must be >= 1, got {self.updates!r}")
-        for k in ("minutes", "cpu_minutes"):
-            v = getattr(self, k)
-            if v is not None and not float(v) > 0:
-                raise ValueError(f"{k} must be > 0, got {v!r}")
-
-    def progress(self, update: int, elapsed_s: float, cpu_s: float = 0.0) -> float:
-        p = 0.0
-        if self.updates is not None:
-            p = max(p, update / float(self.updates))
-        if self.minutes is not None:
-            p = max(p, elapsed_s / (60.0 * float(self.minutes)))
-        if self.cpu_minutes is not None:
-            p = max(p, cpu_s / (60.0 * float(self.cpu_minutes)))
-        return p
-
-    def as_dict(self) -> dict:
-        return {"updates": self.updates, "minutes": self.minutes, "cpu_minutes": self.cpu_minutes}
+    return scheduled_lr(cfg["lr"], progress, schedule=cfg["lr_schedule"], power=cfg["lr_power"],
+                        min_frac=cfg["lr_min_frac"])
 
 
 # --------------------------------------------------------------------------- the learner

@@ -26,69 +26,20 @@ fails before its first checkpoint removes the files it created.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from agents.common.checkpoint import atomic_write, ensure_dir, remove_stale_temporaries
+from agents.common.checkpoint import ensure_dir, remove_stale_temporaries
 from agents.common.interrupt import graceful_sigint
+from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
 from agents.va3c.run import Budget, VA3CPolicy, VA3CRun
 
 METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "loss", "sup_dice", "sup_ce",
                  "sup",
                  "value_loss", "policy_loss", "mac", "entropy", "adv_abs", "value", "grad_norm", "episode_reward",
                  "dice_clean", "dice_annotation_clean", "dice", "voxel_updates_per_s", "worker")
-
-
-class MetricsCSV:
-    """Appends one row per update; on resume keeps only the rows before the resumed step."""
-
-    def __init__(self, path: Path, keep_below: int | None = None, source: Path | None = None):
-        self.path = Path(path)
-        source = Path(source) if source is not None else self.path
-        rows = []
-        if keep_below is not None and source.is_file():
-            with open(source, newline="") as fh:
-                # a row torn by a kill has missing (None) fields: dropped with the rows after the checkpoint
-                rows = [r for r in csv.DictReader(fh) if r.get("update") and r["update"].isdigit()
-                        and int(r["update"]) < keep_below and None not in r and None not in r.values()]
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-
-        atomic_write(self.path, write)  # header + kept rows replace the old file in one step
-        self.fh = open(self.path, "a", newline="")
-        self.w = csv.DictWriter(self.fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-
-    def __call__(self, m: dict) -> None:
-        self.w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in m.items()})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-class _TensorBoard:
-    def __init__(self, log_dir: Path, purge_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.w = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-    def __call__(self, m: dict) -> None:
-        step = int(m["update"])
-        for k, v in m.items():
-            if k not in ("update", "stage", "worker") and isinstance(v, (int, float)) and math.isfinite(v):
-                self.w.add_scalar(f"train/{k}", v, step)
-
-    def close(self) -> None:
-        self.w.close()
 
 
 class _Bar:
@@ -160,13 +111,14 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
     try:
         if out_dir is not None:
             cfg = {**run.checkpoint_config(), "agent": "va3c"}
-            atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
-            mcsv = MetricsCSV(out_dir / "metrics.csv", keep_below=run.update if resume is not None else None,
+            write_json(out_dir / "config.json", cfg)
+            mcsv = MetricsCSV(out_dir / "metrics.csv", METRIC_FIELDS, keep_below=run.update if resume is not None else None,
                               source=resume_dir / "metrics.csv" if resume_dir is not None else None)
             hooks.append(mcsv)
             closers.append(mcsv)
             if tensorboard:
-                tb = _TensorBoard(out_dir, purge_step=run.update if resume is not None else None)
+                tb = TensorBoardLog(out_dir, prefix="train", skip=("stage", "worker"),
+                                    purge_step=run.update if resume is not None else None)
                 hooks.append(tb)
                 closers.append(tb)
         bar = _Bar(run, progress)

@@ -30,10 +30,10 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.eval.benchmark import BUILTIN, QUICK
+    from agents.eval.benchmark import QUICK, builtin_agents
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
-                   help=f"comma-separated policies among {', '.join(BUILTIN)} "
+                   help=f"comma-separated policies among {', '.join(builtin_agents())} "
                         f"(default: all of them; with --custom only: none)")
     p.add_argument("--custom", action="append", default=[], metavar="MODULE:CLASS",
                    help="your own policy: an importable module or a .py file and a class (or factory) in it; "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agents import registry
 from agents.cli.envargs import add_env_arguments, env_kwargs
 
 METRICS = ("dice", "iou", "hd95", "asd", "continuity")
@@ -37,32 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(patch_size=None, max_steps=None, noise=None)
 
 
-def _load_policy(path, device):
-    """A policy from any agent's checkpoint (vA3C natively; SB3 agents when available).
-
-    SB3 zips contain pickles that run code when loaded: only from a trusted source."""
-    from agents.common.checkpoint import CheckpointError, load_checkpoint
-    from agents.va3c.run import KIND, VA3CPolicy, resolve_checkpoint
-
-    p = Path(path)
-    if p.is_dir() and not (p / "checkpoint.pt").is_file():
-        zips = sorted(p.glob("*.zip"))
-        if zips:
-            p = zips[-1]
-    if p.suffix == ".zip":  # stable-baselines3 agents save zip files
-        try:
-            from agents.sb3.train import load_sb3
-        except ImportError as exc:  # pragma: no cover
-            raise CheckpointError(f"{p}: SB3 checkpoints need agents.sb3.train ({exc})") from None
-        return load_sb3(p, device=device), {}
-    from agents.rllib.train import KIND as RLLIB_KIND, RLlibPolicy  # torch only: no Ray needed to act
-
-    # both tensor-only formats (vA3C, RLlib PPO): the kind recorded in the file picks the class
-    ck = load_checkpoint(resolve_checkpoint(p), (KIND, RLLIB_KIND))
-    pol = (RLlibPolicy if ck["kind"] == RLLIB_KIND else VA3CPolicy).from_checkpoint(ck, device=device)
-    return pol, ck["config"].get("env", {}) or {}
-
-
 def run(args: argparse.Namespace) -> int:
     from agents.eval.episodes import mean_ci, run_episodes, write_json, write_per_case_csv
 
@@ -73,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_dir_path(args.out, "--out")  # before the episodes run, not after
-    policy, trained_env = _load_policy(args.checkpoint, args.device)
+    policy, _ = registry.load_policy(args.checkpoint, args.device)
+    # the env the policy was trained on (tensor-only checkpoints record it; SB3 zips do not)
+    trained_env = (getattr(policy, "config", None) or {}).get("env", {}) or {}
     if args.patch_size is None:
         ps = trained_env.get("patch_size", 32)
         args.patch_size = list(ps) if isinstance(ps, (list, tuple)) else [ps]

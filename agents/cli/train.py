@@ -1,28 +1,18 @@
-"""``svl-drl train``: one set of options for every agent; each agent's trainer does the rest.
+"""``svl-drl train``: one set of options for every agent in ``agents.registry``.
 
-A trainer is ``train_from_args(args) -> Path`` (the run folder). It writes into ``--out``:
-checkpoints, ``metrics.csv``, TensorBoard event files; ``--resume RUN`` continues a run.
+Each agent's ``train_cli(args) -> Path`` (the run folder) does the rest. It writes into
+``--out``: checkpoints, ``metrics.csv``, TensorBoard event files; ``--resume RUN`` continues a run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
+from agents import registry
 from agents.cli.envargs import add_env_arguments
 
-# agent name -> "module:function"
-TRAINERS = {
-    "va3c": "agents.va3c.train:train_from_args",
-    "ppo": "agents.sb3.train:train_from_args",
-    "a2c": "agents.sb3.train:train_from_args",
-    # PPO on Ray RLlib, distributed env runners; needs the extra: pip install "svl-drl[rllib]"
-    "rllib-ppo": "agents.rllib.train:train_from_args",
-}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agent", choices=sorted(TRAINERS), default="va3c", help="which agent to train")
+    p.add_argument("--agent", choices=registry.agent_names(), default="va3c", help="which agent to train")
     p.add_argument("--out", default="runs/train", help="run folder (checkpoints, metrics.csv, TensorBoard)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in this folder from its last checkpoint (written back into it). "
@@ -52,7 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.agent != "rllib-ppo" and (args.num_env_runners is not None or args.address is not None):
         raise ValueError("--num-env-runners and --address apply to --agent rllib-ppo only")
-    mod, fn = TRAINERS[args.agent].split(":")
-    run_dir = getattr(importlib.import_module(mod), fn)(args)
+    run_dir = registry.resolve(registry.get_agent(args.agent).train_cli)(args)
     print(f"run written to {run_dir}")
     return 0

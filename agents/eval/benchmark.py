@@ -29,7 +29,6 @@ from the evaluation seeds. The oracle reads the truth and is labelled "oracle (u
 
 from __future__ import annotations
 
-import csv
 import importlib
 import importlib.util
 import math
@@ -42,13 +41,26 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from agents.eval import episodes as E
-from agents.common.checkpoint import atomic_write
-from agents.heuristics import HEURISTICS, ORACLE_NAME, make_heuristic
+from agents import registry
+from agents.eval.leaderboard import leaderboard_from_per_case, write_leaderboard
+from agents.eval.plots import mask_dice, plot_dice_steps, plot_metrics, plot_overlay
+from agents.heuristics import HEURISTICS, make_heuristic
 
-LEARNED = ("va3c", "ppo", "a2c")
-BUILTIN = tuple(HEURISTICS) + LEARNED
-DEFAULT_AGENTS = ("identity", "random", "majority", "opening", "closing", "intensity", "oracle") + LEARNED
-LABELS = {"va3c": "vA3C", "ppo": "PPO (SB3)", "a2c": "A2C (SB3)"}
+#: the default rows: the heuristics, then the default learned agents of ``agents.registry``
+DEFAULT_AGENTS = ("identity", "random", "majority", "opening", "closing", "intensity", "oracle",
+                  *registry.agent_names(benchmark=True))
+
+
+def learned_agents() -> tuple[str, ...]:
+    """Every trainable agent of ``agents.registry`` (the built-in ones and any registered since)."""
+    return registry.agent_names()
+
+
+def builtin_agents() -> tuple[str, ...]:
+    """The names ``--agents`` accepts: heuristics, then the learned agents."""
+    return tuple(HEURISTICS) + learned_agents()
+
+
 TRAIN_SEED_OFFSET = 100_000
 #: ``--quick``: fits 15 minutes on 2 CPU cores, training included (README "Baselines and leaderboard").
 #: Its budgets are CPU-minutes (2 busy cores spend 2 per minute), so that a machine shared with
@@ -60,193 +72,6 @@ QUICK = dict(episodes=32, patch_size=32, train_minutes={"va3c": 7.0, "ppo": 7.0,
              overlays=3, train_config={"va3c": {"num_envs": 2}}, train_jobs=3)
 #: what a training budget measures: "wall" (elapsed minutes) or "cpu" (CPU-minutes of the process)
 CLOCKS = ("wall", "cpu")
-#: leaderboard metrics: (per-case field, column title, higher is better?)
-METRICS = (("dice", "Dice", True), ("iou", "IoU", True), ("hd95", "HD95 (mm)", False),
-           ("continuity", "continuity", False), ("dice_gain", "Dice gain", True), ("seconds", "s / episode", False))
-
-
-# ------------------------------------------------------------------- leaderboard
-def leaderboard_from_per_case(path, confidence: float = 0.95) -> list[dict]:
-    """Leaderboard rows from a per-case CSV: one dict per policy, best Dice first.
-
-    Each row: ``policy``, ``n`` (episodes), ``rank``, and for every metric in ``METRICS``
-    ``<m>_mean``, ``<m>_ci95`` (half-width of the ``confidence`` interval, Student t) and
-    ``<m>_n`` (cases where it is defined: HD95 is undefined when one mask is empty).
-    """
-    records = E.read_per_case_csv(path)
-    if not records:
-        raise ValueError(f"{path}: no per-case rows")
-    rows = []
-    for pol in dict.fromkeys(r["policy"] for r in records):
-        sel = [r for r in records if r["policy"] == pol]
-        row = {"policy": pol, "n": len(sel)}
-        for field, _, _ in METRICS:
-            vals = [r[field] for r in sel]
-            m, h = E.mean_ci(vals, confidence)
-            row[f"{field}_mean"], row[f"{field}_ci95"] = m, h
-            row[f"{field}_n"] = int(sum(1 for v in vals if not math.isnan(v)))
-        rows.append(row)
-    rows.sort(key=lambda r: -np.nan_to_num(r["dice_mean"], nan=-1.0))
-    for i, r in enumerate(rows):
-        r["rank"] = i + 1
-    return rows
-
-
-def write_leaderboard(rows: list[dict], out_dir, *, title: str = "Leaderboard", notes: Sequence[str] = ()) -> tuple[Path, Path]:
-    """``leaderboard.csv`` and ``leaderboard.md`` in ``out_dir`` from ``leaderboard_from_per_case`` rows."""
-    out_dir = Path(out_dir)
-    fields = ["rank", "policy", "n"] + [f"{f}_{s}" for f, _, _ in METRICS for s in ("mean", "ci95", "n")]
-
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows({k: r[k] for k in fields} for r in rows)
-
-    csv_path = atomic_write(out_dir / "leaderboard.csv", write_csv)
-    md_path = atomic_write(out_dir / "leaderboard.md",
-                           lambda tmp: Path(tmp).write_text(leaderboard_markdown(rows, title=title, notes=notes)))
-    return csv_path, md_path
-
-
-def _fmt(m: float, h: float, digits: int) -> str:
-    if math.isnan(m):
-        return "n/a"
-    return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
-
-
-def leaderboard_markdown(rows: list[dict], *, title: str = "Leaderboard", notes: Sequence[str] = ()) -> str:
-    """A Markdown table (mean ± 95% CI) of leaderboard rows."""
-    digits = {"dice": 3, "iou": 3, "hd95": 2, "continuity": 3, "dice_gain": 3, "seconds": 3}
-    head = ["#", "policy"] + [t + (" ↑" if up else " ↓") for _, t, up in METRICS] + ["n"]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
-    undefined = []
-    for r in rows:
-        cells = [str(r["rank"]), r["policy"]]
-        for f, _, _ in METRICS:
-            cell = _fmt(r[f"{f}_mean"], r[f"{f}_ci95"], digits[f])
-            if r[f"{f}_n"] < r["n"]:
-                cell += f" ({r[f'{f}_n']}/{r['n']})"
-                undefined.append(f)
-            cells.append(cell)
-        cells.append(str(r["n"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Mean ± half-width of the 95% confidence interval (Student t) over episodes; "
-                 "every policy ran on the same seeded episodes. Dice, IoU, HD95 against the truth; "
-                 "continuity = C(f) of the reward (lower = fewer fragments, smoother surface); "
-                 "Dice gain = Dice minus the annotation's Dice; s / episode = wall time of acting and stepping.")
-    if undefined:
-        lines.append("(k/n): the metric is defined on k of n episodes only (HD95 needs both masks non-empty).")
-    lines += [f"{n}" for n in notes]
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------- plots
-def plot_metrics(rows: list[dict], path) -> Path:
-    """Horizontal bars with 95% CIs, one panel per metric (not s / episode)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mets = [m for m in METRICS if m[0] != "seconds"]
-    names = [r["policy"] for r in rows][::-1]
-    fig, axes = plt.subplots(1, len(mets), figsize=(3.2 * len(mets), 0.45 * len(rows) + 1.6), sharey=True)
-    colors = ["#999999" if n == ORACLE_NAME else "#2b7bba" for n in names]
-    for ax, (f, title, up) in zip(axes, mets):
-        mean = np.array([r[f"{f}_mean"] for r in rows][::-1], dtype=float)
-        ci = np.nan_to_num(np.array([r[f"{f}_ci95"] for r in rows][::-1], dtype=float))
-        ax.barh(np.arange(len(names)), np.nan_to_num(mean), xerr=ci, color=colors, capsize=3)
-        ax.set_title(f"{title} ({'higher' if up else 'lower'} is better)", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-        if f == "dice_gain":
-            ax.axvline(0, color="k", lw=0.8)
-    axes[0].set_yticks(np.arange(len(names)), names)
-    fig.suptitle(f"Policies on the same {rows[0]['n']} seeded episodes (mean, 95% CI)", fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_dice_steps(curves: dict[str, np.ndarray], path) -> Path:
-    """Left: mean Dice vs truth after each step (95% CI band; step 0 is the annotation).
-    Right: the paired gain over the annotation (Dice_t - Dice_0), whose CI is free of the
-    case-to-case spread that all policies share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    # tab20's dark then light shades, greys left out: grey is the oracle's (dashed)
-    tab = plt.get_cmap("tab20").colors
-    palette = [tab[i] for i in list(range(0, 20, 2)) + list(range(1, 20, 2)) if i not in (14, 15)]
-    others = [p for p in curves if p != ORACLE_NAME]
-    for pol, c in curves.items():
-        c = np.asarray(c, dtype=float)
-        style = dict(ls="--", color="#777777") if pol == ORACLE_NAME else \
-            dict(color=palette[others.index(pol) % len(palette)])
-        for ax, data in zip(axes, (c, c - c[:, :1])):
-            stats = [E.mean_ci(data[:, t]) for t in range(data.shape[1])]
-            m = np.array([s[0] for s in stats])
-            h = np.nan_to_num(np.array([s[1] for s in stats]))
-            x = np.arange(data.shape[1])
-            line, = ax.plot(x, m, marker="o", ms=3, label=pol, **style)
-            ax.fill_between(x, m - h, m + h, alpha=0.1, color=line.get_color())
-    axes[0].set_ylabel("Dice vs truth")
-    axes[1].set_ylabel("Dice gain over the annotation")
-    axes[1].axhline(0, color="k", lw=0.8)
-    for ax in axes:
-        ax.set_xlabel("step within the episode (0 = annotation)")
-        ax.grid(alpha=0.3)
-    fig.suptitle("Dice across the steps of an episode (mean, 95% CI)", fontsize=10)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return Path(path)
-
-
-def _dice(a, b) -> float:
-    a, b = a > 0.5, b > 0.5
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
-
-
-def plot_overlay(case: dict[str, dict], episode: int, path) -> Path:
-    """One case: image, annotation, truth and each policy's refined mask on the axial slice
-    with the most truth. ``case``: {policy: {"image", "annotation", "truth", "mask"}}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = next(iter(case.values()))
-    img, ann, tru = first["image"], first["annotation"], first["truth"]
-    z = int(np.argmax(tru.reshape(tru.shape[0], -1).sum(1))) if tru.any() else tru.shape[0] // 2
-    panels = [("image", None, None), ("annotation", ann, f"Dice {_dice(ann, tru):.3f}"), ("truth", tru, "")]
-    panels += [(pol, d["mask"], f"Dice {_dice(d['mask'], tru):.3f}") for pol, d in case.items()
-               if pol not in (ORACLE_NAME,)]
-    ncol = min(6, len(panels))
-    nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 2.9 * nrow), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (title, m, sub) in zip(axes.ravel(), panels):
-        ax.imshow(img[z], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        if m is not None:
-            colour = "#ff3030" if title == "truth" else ("#ffd700" if title == "annotation" else "#30e060")
-            ax.imshow(np.ma.masked_where(m[z] < 0.5, m[z]), cmap=matplotlib.colors.ListedColormap([colour]),
-                      alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
-            ax.contour(tru[z], levels=[0.5], colors="#ff3030", linewidths=0.8)
-        ax.set_title(title + (f"\n{sub}" if sub else ""), fontsize=8)
-    fig.suptitle(f"episode {episode}, axial slice {z} (red contour = truth)", fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return Path(path)
 
 
 # --------------------------------------------------------------------- policies
@@ -301,26 +126,11 @@ def check_policy(policy) -> None:
 
 
 def load_learned(name: str, path, device="cpu"):
-    """A trained agent from a checkpoint: ``ppo``/``a2c`` from SB3 zips (pickles: trusted
-    files only), ``va3c`` from the project's tensor-only checkpoint."""
-    if name in ("ppo", "a2c"):
-        from agents.sb3.train import load_sb3
-
-        return load_sb3(path, device=device, algo=name, name=LABELS[name])
-    if name == "va3c":
-        from agents.va3c.run import VA3CPolicy
-
-        pol = VA3CPolicy.load(path, device=device)
-        _set_name(pol, LABELS["va3c"])
-        return pol
-    raise ValueError(f"--checkpoint applies to the learned agents {list(LEARNED)}, not {name!r}")
-
-
-def _set_name(policy, name: str) -> None:
-    try:
-        policy.name = name
-    except AttributeError:  # a read-only property: keep the policy's own name
-        pass
+    """A trained learned agent from its checkpoint or run folder (SB3 zips hold pickles:
+    trusted files only)."""
+    if name not in learned_agents():
+        raise ValueError(f"--checkpoint applies to the learned agents {list(learned_agents())}, not {name!r}")
+    return registry.get_agent(name).load_policy(path, device=device)
 
 
 def train_learned(name: str, env_kwargs: dict, minutes: float, seed: int, out: Path, progress: bool,
@@ -329,19 +139,18 @@ def train_learned(name: str, env_kwargs: dict, minutes: float, seed: int, out: P
     folder is ``out``."""
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
-    config = dict(config or {})
+    if name not in learned_agents():
+        raise ValueError(f"{name!r} is not a learned agent ({list(learned_agents())})")
+    spec = registry.get_agent(name)
+    options = dict(config or {})
+    if spec.takes_workers:
+        options["workers"] = workers
     budget = {"cpu_minutes" if clock == "cpu" else "minutes": minutes}
-    if name == "va3c":
-        from agents.va3c.run import train_va3c
-
-        pol = train_va3c(env_kwargs, seed=seed, workers=workers, out=out, progress=progress, **budget, **config)
-    elif name in ("ppo", "a2c"):
-        from agents.sb3.train import train_sb3
-
-        pol = train_sb3(name, env_kwargs, seed=seed, out=out, progress=progress, **budget, **config)
-    else:
-        raise ValueError(f"{name!r} is not a learned agent ({list(LEARNED)})")
-    _set_name(pol, LABELS[name])
+    pol = spec.train_fn()(env_kwargs=env_kwargs, seed=seed, out=out, progress=progress, **budget, **options)
+    try:
+        pol.name = spec.label
+    except AttributeError:  # a read-only property: keep the policy's own name
+        pass
     return pol
 
 
@@ -355,7 +164,7 @@ def _train_job(name: str, env_kwargs: dict, minutes: float, seed: int, run_dir: 
     t0 = time.perf_counter()
     train_learned(name, env_kwargs, minutes, seed, Path(run_dir), progress=False, workers=workers, config=config,
                   clock=clock)
-    saved = Path(run_dir) / ("model.zip" if name in ("ppo", "a2c") else "checkpoint.pt")
+    saved = Path(run_dir) / registry.get_agent(name).checkpoint
     return str(saved), (time.perf_counter() - t0) / 60
 
 
@@ -399,7 +208,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
 
     Args:
         policies: extra policy objects (anything with ``act``; ``name`` labels it).
-        agents: built-in names (``BUILTIN``), a list or a comma-separated string.
+        agents: built-in names (``builtin_agents()``), a list or a comma-separated string.
         env_kwargs: ``SVLDRLVectorEnv`` keyword arguments (need the truth: phantom default).
         episodes, seed: episode i is the env reset with seed ``seed + i``.
         train_minutes: budget per learned agent without a checkpoint: one number for all or
@@ -422,17 +231,18 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     if isinstance(agents, str):
         agents = [a.strip() for a in agents.split(",") if a.strip()]
     agents = list(agents or [])
-    unknown = [a for a in agents if a not in BUILTIN]
+    learned = learned_agents()
+    unknown = [a for a in agents if a not in HEURISTICS and a not in learned]
     if unknown:
-        raise ValueError(f"unknown agent(s) {unknown}; built-in: {', '.join(BUILTIN)} (own policies: --custom)")
+        raise ValueError(f"unknown agent(s) {unknown}; built-in: {', '.join(builtin_agents())} (own policies: --custom)")
     if not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     if overlays < 0:
         raise ValueError(f"overlays must be >= 0, got {overlays}")
     checkpoints = dict(checkpoints or {})
-    bad = [k for k in checkpoints if k not in LEARNED]
+    bad = [k for k in checkpoints if k not in learned]
     if bad:
-        raise ValueError(f"--checkpoint names must be learned agents {list(LEARNED)}, got {bad}")
+        raise ValueError(f"--checkpoint names must be learned agents {list(learned)}, got {bad}")
     for k, p in checkpoints.items():
         if not Path(p).exists():
             raise FileNotFoundError(f"checkpoint for {k} not found: {p}")
@@ -443,7 +253,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     if train_jobs > 1 and clock != "cpu":
         raise ValueError("training agents in parallel (train_jobs > 1) needs CPU-time budgets (clock='cpu'): "
                          "wall-clock budgets would shrink with every process sharing the cores")
-    to_train = [a for a in agents if a in LEARNED and a not in checkpoints]
+    to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
     for p in policies:
         check_policy(p)
@@ -464,21 +274,22 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     else:
         trained = {}
     for a in agents:
-        if a in LEARNED:
+        if a in learned:
+            label = registry.get_agent(a).label
             if a in trained:
                 path, used = trained[a]
                 pol = load_learned(a, path, device=env_kwargs.get("device", "cpu"))
-                training[LABELS[a]] = {"minutes_budget": budgets[a], "clock": clock, "minutes_used": round(used, 2),
+                training[label] = {"minutes_budget": budgets[a], "clock": clock, "minutes_used": round(used, 2),
                                        "run": str(out / "runs" / a), "trained_alongside": len(trained) - 1}
             elif a in checkpoints:
                 pol = load_learned(a, checkpoints[a], device=env_kwargs.get("device", "cpu"))
-                training[LABELS[a]] = {"checkpoint": str(checkpoints[a])}
+                training[label] = {"checkpoint": str(checkpoints[a])}
             else:
                 t0 = time.perf_counter()
                 run_dir = out / "runs" / a
                 pol = train_learned(a, env_kwargs, budgets[a], seed + TRAIN_SEED_OFFSET, run_dir, progress,
                                     workers=workers, config=(train_config or {}).get(a), clock=clock)
-                training[LABELS[a]] = {"minutes_budget": budgets[a], "clock": clock,
+                training[label] = {"minutes_budget": budgets[a], "clock": clock,
                                        "minutes_used": round((time.perf_counter() - t0) / 60, 2),
                                        "run": str(run_dir)}
         else:
@@ -556,7 +367,7 @@ def _pick_overlay_cases(sink: dict, n: int) -> list[int]:
     """Up to n episodes, preferring ones whose annotation is non-empty and wrong."""
     eps = sorted(sink)
     good = [e for e in eps if sink[e]["annotation"].any() and sink[e]["truth"].any()
-            and _dice(sink[e]["annotation"], sink[e]["truth"]) < 0.98]
+            and mask_dice(sink[e]["annotation"], sink[e]["truth"]) < 0.98]
     rest = [e for e in eps if e not in good]
     return (good + rest)[:n]
 

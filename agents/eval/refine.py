@@ -114,15 +114,12 @@ def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
 
 
 def load_policy(checkpoint, device="cpu"):
-    """A vA3C (or RLlib PPO) policy and its env settings (patch size, max_steps) from a run
-    folder or file; both are the project's tensor-only checkpoints."""
-    from agents.common.checkpoint import load_checkpoint
-    from agents.rllib.train import KIND as RLLIB_KIND, RLlibPolicy
-    from agents.va3c.run import KIND, VA3CPolicy, resolve_checkpoint
+    """A trained label-action policy (any agent in ``agents.registry``) and its training env
+    settings (patch size, max_steps; empty when the file does not record them)."""
+    from agents import registry
 
-    ck = load_checkpoint(resolve_checkpoint(checkpoint), (KIND, RLLIB_KIND))
-    pol = (RLlibPolicy if ck["kind"] == RLLIB_KIND else VA3CPolicy).from_checkpoint(ck, device=device)
-    env = pol.config.get("env", {}) or {}
+    pol, _ = registry.load_policy(checkpoint, device=device)
+    env = (getattr(pol, "config", None) or {}).get("env", {}) or {}
     if env.get("action_set", "label") != "label":
         raise ValueError(f"{checkpoint}: refine needs a policy trained with label actions, "
                          f"this one uses {env.get('action_set')!r}")

@@ -33,7 +33,7 @@ from agents.common.checkpoint import (CheckpointError, atomic_write, load_checkp
 from agents.va3c.run import Budget, VA3CRun, estimate_training_bytes
 from svl_env import SVLDRLVectorEnv, memory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(width=4, depth=1, num_envs=2)
 ENV16 = dict(patch_size=16, max_steps=2)
 

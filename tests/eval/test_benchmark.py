@@ -17,7 +17,7 @@ from agents.common.policy import Policy
 from agents.cli import main
 from agents.eval.episodes import PER_CASE_FIELDS, write_per_case_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(patch_size=10, max_steps=2)
 
 

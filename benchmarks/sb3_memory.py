@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         print(f"sb3_memory: error: unknown config(s) {bad}; valid: {list(CONFIGS)}", file=sys.stderr)
         return 2
     print(f"PPO peak RSS, {args.patch_size}^3 patches, {args.num_envs} envs, {args.updates} updates per row")
-    print(f"| config | n_steps | minibatch | obs dtype | action dtype | rollout buffer (MB) | peak RSS (MB) | "
-          f"wall (s) | < 4 GB |")
+    print("| config | n_steps | minibatch | obs dtype | action dtype | rollout buffer (MB) | peak RSS (MB) | "
+          "wall (s) | < 4 GB |")
     print("|---|---:|---:|---|---|---:|---:|---:|:---:|")
     ok = True
     for name in names:

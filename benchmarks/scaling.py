@@ -272,7 +272,6 @@ def main(argv=None) -> str:
         except ImportError:
             parts.append('(a) skipped: Ray RLlib is not installed (pip install "svl-drl[rllib]")')
         else:
-            import ray
 
             rows = []
             for n in args.runners:

@@ -71,7 +71,6 @@ def make_phantom_dataset(root, *, n_train: int = 32, n_test: int = 16, seed: int
     labelsTr, for the upper bound). Exactly ``round(noise_ratio * n_train)`` training cases are
     corrupted. Returns a summary (Dice of the given labels vs the truth, corrupted cases)."""
     import nibabel as nib
-    import torch
 
     from svl_env import rng
     from svl_env.noise import parse_noise

@@ -35,7 +35,6 @@ from pathlib import Path
 # are shared with other jobs, spinning OpenMP threads made training 3-5x slower (measured).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -73,7 +72,7 @@ def _train_and_evaluate(job: dict) -> dict:
 
 def _throughput(env_kwargs, workers, seconds, threads, seed=0):
     """Voxel-agent updates per second of the RL stage (policy stage only)."""
-    from agents.va3c.run import Budget, VA3CRun
+    from agents.va3c import Budget, VA3CRun
 
     cfg = dict(warmup=False, value=False, threads=threads if workers == 0 else max(1, threads // workers))
     run = VA3CRun(env_kwargs, budget=Budget(minutes=seconds / 60), seed=seed, workers=workers, config=cfg)
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
     progress = not args.no_progress
     env_kwargs = dict(patch_size=args.patch_size)
     from agents.heuristics import IdentityPolicy
-    from agents.va3c.run import DEFAULT_CONFIG, VA3CPolicy
+    from agents.va3c import DEFAULT_CONFIG, VA3CPolicy
 
     def budget(full: bool) -> dict:
         wall = args.minutes if full else args.ablation_minutes

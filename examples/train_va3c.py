@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode
 
 from agents.eval.episodes import run_episodes, summarise
 from agents.eval.refine import refine_folder
-from agents.va3c.run import train_va3c
+from agents.va3c import train_va3c
 from svl_env import SVLDRLVectorEnv
 
 

@@ -9,7 +9,7 @@ from .dynamics import ACTION_SETS, INTENSITY_ACTIONS, LABEL_ACTIONS
 from .reward import RewardWeights
 from .sources import CaseSource, PhantomSource
 
-import envs_registry as _envs_registry  # noqa: E402  (registration side effect)
+import envs_registry as _envs_registry  # noqa: E402, F401  (registration side effect)
 
 __all__ = ["SVLDRLEnv", "SVLDRLVectorEnv", "CHANNEL_NAMES", "StepBeforeResetError", "ACTION_SETS",
            "LABEL_ACTIONS", "INTENSITY_ACTIONS", "RewardWeights", "CaseSource", "PhantomSource"]

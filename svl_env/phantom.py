@@ -478,7 +478,7 @@ def _render(keys, shape, fam, is_ct, out_w, cav_w, u):
     Mixing is written ``v + (x - v) * (1 - m)`` so every step runs in place: fresh full-size
     tensors cost page faults on CPU, more than the arithmetic.
     """
-    B, dev = keys.shape[0], keys.device
+    B = keys.shape[0]
     L = _scale(shape)
     u = u.unbind(1)
     vessel, wall = fam == FAMILIES.index("tubular"), fam == FAMILIES.index("hollow")

@@ -46,7 +46,7 @@ def _device(device) -> torch.device:
     """A usable torch device, or ValueError naming the problem (not a later CUDA assertion)."""
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError):
         raise ValueError(f"device {device!r} is not a torch device (expected e.g. cpu, cuda, cuda:1)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use cpu")

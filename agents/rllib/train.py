@@ -65,7 +65,8 @@ from agents.common.checkpoint import (check_dir_path, ensure_dir, load_checkpoin
                          save_checkpoint)
 from agents.common.runlog import MetricsCSV, TensorBoardLog, jsonable, write_json
 from agents.common.networks import PooledValueHead, make_backbone
-from agents.va3c.run import _env_dims, resolve_checkpoint  # same run-folder layout and env dims as vA3C
+from agents.va3c.model import _env_dims  # same env dims as vA3C
+from agents.va3c.policy import resolve_checkpoint  # same run-folder layout as vA3C
 
 KIND = "rllib-ppo"
 INSTALL_HINT = 'Ray RLlib is not installed: pip install "svl-drl[rllib]"'

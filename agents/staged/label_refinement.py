@@ -151,12 +151,12 @@ class LabelAgentEpisodes:
 
 def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The paper's Dice loss applied to the agents' *outcome* (vA3C's supervised term,
-    ``agents.va3c.run.supervised_loss``): with c_a the state action a gives a voxel,
+    ``agents.va3c.losses.supervised_loss``): with c_a the state action a gives a voxel,
     p_fg = Σ_a π_a c_a must match the reward target G (soft Dice) and the probability of ending
     in G's state, Σ_{a: c_a = g} π_a, is maximised (cross-entropy on the outcome, not on one
     arbitrary action -- keep and set_foreground are both right on a correct foreground voxel).
     logits (B, 4, D, H, W); mask, target (B, D, H, W) -> scalar."""
-    from agents.va3c.run import supervised_loss
+    from agents.va3c.losses import supervised_loss
 
     return supervised_loss(logits, mask, target)[0]
 

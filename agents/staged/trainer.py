@@ -38,7 +38,7 @@ Methods (``METHODS``):
 - ``"coteaching"``: Han et al. 2018 for segmentation (``coteaching.py``), two networks of the
   same backbone sharing the budget.
 
-Budget (``agents.va3c.run.Budget``): ``updates``, wall ``minutes`` or ``cpu_minutes`` of this
+Budget (``agents.common.budget.Budget``): ``updates``, wall ``minutes`` or ``cpu_minutes`` of this
 process (``time.process_time``: all threads; a budget other programs on the machine do not
 shrink). The clock counts training work only -- gradient updates and label refinement -- and
 is paused while reports (agreement with the given labels) are computed, for every method alike.

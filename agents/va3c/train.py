@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 from agents.common.checkpoint import ensure_dir, remove_stale_temporaries
 from agents.common.interrupt import graceful_sigint
 from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
-from agents.va3c.run import Budget, VA3CPolicy, VA3CRun
+from agents.common.budget import Budget
+from agents.va3c.policy import VA3CPolicy
+from agents.va3c.run import VA3CRun
 
 METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "loss", "sup_dice", "sup_ce",
                  "sup",
@@ -112,7 +114,8 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
         if out_dir is not None:
             cfg = {**run.checkpoint_config(), "agent": "va3c"}
             write_json(out_dir / "config.json", cfg)
-            mcsv = MetricsCSV(out_dir / "metrics.csv", METRIC_FIELDS, keep_below=run.update if resume is not None else None,
+            mcsv = MetricsCSV(out_dir / "metrics.csv", METRIC_FIELDS,
+                              keep_below=run.update if resume is not None else None,
                               source=resume_dir / "metrics.csv" if resume_dir is not None else None)
             hooks.append(mcsv)
             closers.append(mcsv)
@@ -179,3 +182,18 @@ def train_from_args(args) -> Path:
         out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,
         num_envs=args.num_envs)
     return run_dir
+
+
+def train_va3c(env_kwargs: dict, *, minutes: float | None = None, updates: int | None = None, seed: int = 0,
+               workers: int = 0, out: str | Path | None = None, progress: bool = True, **config) -> VA3CPolicy:
+    """Train vA3C on ``SVLDRLVectorEnv(**env_kwargs)`` and return the trained policy.
+
+    Budget: ``updates`` (one update = ``num_envs`` fresh episodes) and/or ``minutes`` (wall
+    clock; whichever ends first); neither -> 200 updates. ``workers`` > 0: asynchronous mode.
+    ``out``: run folder (``checkpoint.pt``, ``config.json``, ``metrics.csv``, TensorBoard
+    events); ``None`` writes nothing. Extra keywords: ``DEFAULT_CONFIG`` options, plus run
+    options ``resume`` (a run folder / checkpoint to continue; its config wins),
+    ``checkpoint_every`` (updates, default 50) and ``tensorboard`` (default True).
+    """
+    return run_training(env_kwargs, minutes=minutes, updates=updates, seed=seed, workers=workers, out=out,
+                        progress=progress, **config)[0]

@@ -12,7 +12,7 @@ import torch
 from agents.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from agents.eval.episodes import run_episodes
 from agents.common.networks import PolicyValueNet, make_backbone
-from agents.va3c.run import (Budget, RewardMapConv, VA3CModel, VA3CPolicy, VA3CRun, a2c_segment_loss, lr_at, make_config,
+from agents.va3c import (Budget, RewardMapConv, VA3CModel, VA3CPolicy, VA3CRun, a2c_segment_loss, lr_at, make_config,
                          stage_at, supervised_loss, train_va3c)
 
 TINY = dict(width=4, depth=1, num_envs=2)

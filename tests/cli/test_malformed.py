@@ -31,7 +31,7 @@ import torch
 
 from agents.common.checkpoint import CheckpointError
 from agents.cli import main
-from agents.va3c.run import Budget, VA3CPolicy, VA3CRun
+from agents.va3c import Budget, VA3CPolicy, VA3CRun
 from svl_env.nifti import DataError, DecathlonDataset
 
 SHAPE = (12, 12, 12)

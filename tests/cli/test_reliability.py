@@ -30,7 +30,7 @@ import torch
 
 from agents.common.checkpoint import (CheckpointError, atomic_write, load_checkpoint, load_state_dict_checked,
                                remove_stale_temporaries)
-from agents.va3c.run import Budget, VA3CRun, estimate_training_bytes
+from agents.va3c import Budget, VA3CRun, estimate_training_bytes
 from svl_env import SVLDRLVectorEnv, memory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def test_worker_crash_mid_run_surfaces_and_keeps_checkpoint(tmp_path, watchdog):
 
 
 def test_failed_fresh_run_leaves_nothing(tmp_path, monkeypatch):
-    from agents.va3c import run as va3c
+    from agents.va3c import learner as va3c
     from agents.va3c.train import run_training
 
     def boom(self, *a, **k):
@@ -161,7 +161,7 @@ def test_failed_fresh_run_leaves_nothing(tmp_path, monkeypatch):
 
 def test_sigint_in_process_saves_final_checkpoint(tmp_path, monkeypatch):
     """The same Ctrl-C path, in-process: SIGINT raised inside an update (mid optimizer work)."""
-    from agents.va3c import run as va3c
+    from agents.va3c import learner as va3c
     from agents.va3c.train import run_training
 
     orig = va3c.Learner.update
@@ -307,7 +307,7 @@ def test_memory_estimates_and_sources(monkeypatch):
         memory.parse_size("lots")
     small, big = memory.env_bytes(8, (32,) * 3), memory.env_bytes(8, (64,) * 3)
     assert big == 8 * small and memory.env_bytes(8, (32,) * 3, action_rewards=True) > small
-    from agents.va3c.run import make_config
+    from agents.va3c import make_config
 
     cfg = make_config(num_envs=4)
     est = estimate_training_bytes(cfg, dict(patch_size=32))

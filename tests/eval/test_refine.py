@@ -12,7 +12,7 @@ from agents.cli import main
 from agents.common.checkpoint import save_checkpoint
 from agents.common.windows import grid_starts
 from agents.eval.refine import observe, refine_volume
-from agents.va3c.run import VA3CPolicy
+from agents.va3c import VA3CPolicy
 from svl_env import SVLDRLVectorEnv
 
 SHAPE = (97, 115, 93)

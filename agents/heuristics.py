@@ -222,7 +222,8 @@ class IntensityRefiner(MaskRefiner):
         n_b, mu_b, sd_b = stats(shell)
         prior_f = (ann * band).flatten(1).sum(1) / band.flatten(1).sum(1).clamp_min(1)
         log_prior = torch.log(prior_f.clamp(0.05, 0.95) / (1 - prior_f.clamp(0.05, 0.95))).view(-1, 1, 1, 1)
-        llr = (-0.5 * ((img - mu_f) / sd_f) ** 2 - torch.log(sd_f)) - (-0.5 * ((img - mu_b) / sd_b) ** 2 - torch.log(sd_b))
+        llr = ((-0.5 * ((img - mu_f) / sd_f) ** 2 - torch.log(sd_f))
+               - (-0.5 * ((img - mu_b) / sd_b) ** 2 - torch.log(sd_b)))
         fg = (llr + log_prior > 0).float()
         out = torch.where(band > 0, fg, ann)
         if self.smooth:

@@ -63,7 +63,8 @@ print(json.dumps({"peak_mb": peak_kb / 1024, "buffer_mb": nbytes / 2**20, "secon
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated among {', '.join(CONFIGS)}")
-    p.add_argument("--updates", type=int, default=1, help="PPO updates per configuration (the peak is reached in the first)")
+    p.add_argument("--updates", type=int, default=1,
+                   help="PPO updates per configuration (the peak is reached in the first)")
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--num-envs", type=int, default=8)
     args = p.parse_args(argv)
@@ -83,14 +84,16 @@ def main(argv=None) -> int:
         res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(opts), str(args.updates), str(args.patch_size),
                               str(args.num_envs)], capture_output=True, text=True)
         if res.returncode != 0:
-            print(f"| {name} | failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode} |")
+            why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode
+            print(f"| {name} | failed: {why} |")
             ok = False
             continue
         r = json.loads(res.stdout.strip().splitlines()[-1])
         under = r["peak_mb"] < 4096
         ok &= under
         print(f"| {name} | {r['n_steps']} | {r['batch_size']} | {r['obs_dtype']} | {r['action_dtype']} | "
-              f"{r['buffer_mb']:.1f} | {r['peak_mb']:.0f} | {time.perf_counter() - t:.0f} | {'yes' if under else 'NO'} |")
+              f"{r['buffer_mb']:.1f} | {r['peak_mb']:.0f} | {time.perf_counter() - t:.0f} | "
+              f"{'yes' if under else 'NO'} |")
     for name in names:
         print(f"- {name}: {CONFIGS[name][1]}")
     return 0 if ok else 1

@@ -113,7 +113,8 @@ def table_sizes(rows: list[dict], title: str) -> str:
     lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['size']}³ | {r['envs']} | {r['device']} | {r['voxel_steps_per_s']:,.0f} | "
-                     f"{r['steps_per_s'] * r['envs']:,.1f} | {_mb(r['peak_rss'])} ({_mb(r['peak_rss'] - r['base_rss'])}) | "
+                     f"{r['steps_per_s'] * r['envs']:,.1f} | "
+                     f"{_mb(r['peak_rss'])} ({_mb(r['peak_rss'] - r['base_rss'])}) | "
                      + (f"{_mb(r['peak_gpu'])} | " if gpu else "") + f"{_mb(r['estimate'])} |")
     return "\n".join(lines)
 
@@ -196,7 +197,8 @@ def table_runners(rows: list[dict], args) -> str:
              f"5-step episodes, network width {args.width} depth {args.depth}, {os.cpu_count()} CPU cores",
              "",
              "| env runners | env only voxel-steps/s | sampling voxel-steps/s | sampling speed-up | "
-             "PPO iterations/s | training voxel-steps/s | training speed-up | runner sample(): total / env / inference (ms) | "
+             "PPO iterations/s | training voxel-steps/s | training speed-up | "
+             "runner sample(): total / env / inference (ms) | "
              "iteration: sampling / learner (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -261,8 +263,9 @@ def main(argv=None) -> str:
         args.patch, args.width, args.depth = 16, 8, 1
 
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    parts = [f"# svl-drl scaling ({platform.node() or 'host'}, {os.cpu_count()} CPU cores, load {load0:.1f} at start, torch "
-             f"{torch.__version__}, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA'}, "
+    cuda = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
+    parts = [f"# svl-drl scaling ({platform.node() or 'host'}, {os.cpu_count()} CPU cores, load {load0:.1f} at "
+             f"start, torch {torch.__version__}, {cuda}, "
              f"{args.seconds:g} s per point{', --quick' if args.quick else ''})"]
 
     if "a" not in args.skip:
@@ -290,7 +293,8 @@ def main(argv=None) -> str:
     if "b" not in args.skip:
         rows = [env_point(s, args.envs, args.seconds, "cpu") for s in args.sizes]
         parts.append(table_sizes(rows, f"(b) native env throughput vs volume size: {args.envs} envs, random label "
-                                       f"actions, 5-step episodes with resets, CPU, {torch.get_num_threads()} torch threads"))
+                                       "actions, 5-step episodes with resets, CPU, "
+                                       f"{torch.get_num_threads()} torch threads"))
     if "c" not in args.skip:
         if torch.cuda.is_available():
             rows = []

@@ -183,7 +183,8 @@ def _fmt(x, nd=4):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-minutes", type=float, default=4.0, help="CPU budget per method (process CPU time)")
     ap.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (one thread each)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the phantom data set")
@@ -298,7 +299,8 @@ def main(argv=None) -> int:
         f"{data_summary['size'][0]}..{data_summary['size'][1]} voxels per side), {data_summary['n_train']} training "
         f"cases, {data_summary['n_test']} test cases; MT-Noise (`{data_summary['noise']}`) on "
         f"{len(data_summary['corrupted'])}/{data_summary['n_train']} training cases (noise ratio "
-        f"{data_summary['noise_ratio']:g}); given training labels: Dice vs truth {data_summary['given_label_dice']:.4f}. "
+        f"{data_summary['noise_ratio']:g}); given training labels: Dice vs truth "
+        f"{data_summary['given_label_dice']:.4f}. "
         f"Budget: {args.cpu_minutes:g} CPU-minutes of training per run (process CPU time, 1 thread); "
         f"data seed {args.seed}; every method run with seeds {', '.join(map(str, seeds))} -- means over the runs, "
         f"and each run's test Dice.",
@@ -320,7 +322,8 @@ def main(argv=None) -> int:
     lines += _paired_lines(rows)
     lines += ["", "\"training labels out\": the pipeline's `refined_labels/` (svl-drl: the label agents' last "
               "round; noisy, co-teaching, clean: the model's predictions on the training images).",
-              f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores ({platform.processor() or platform.machine()}).",
+              f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores "
+              f"({platform.processor() or platform.machine()}).",
               f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "
               f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))}`"]
     table = "\n".join(lines)

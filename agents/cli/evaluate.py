@@ -25,9 +25,9 @@ METRICS = ("dice", "iou", "hd95", "asd", "continuity")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN|FILE",
-                   help="a run folder or checkpoint file: vA3C or rllib-ppo checkpoint.pt (tensor-only, safe to load) or a "
-                        "PPO/A2C model.zip (SB3's format: pickles inside that can run code when loaded -- only "
-                        "from a trusted source)")
+                   help="a run folder or checkpoint file: vA3C or rllib-ppo checkpoint.pt (tensor-only, safe to "
+                        "load) or a PPO/A2C model.zip (SB3's format: pickles inside that can run code when loaded "
+                        "-- only from a trusted source)")
     p.add_argument("--episodes", type=int, default=32, help="number of seeded episodes")
     p.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (episode i: seed + i)")
     p.add_argument("--out", default="runs/evaluate", help="folder for per_case.csv and summary.json")

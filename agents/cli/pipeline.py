@@ -87,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
     ev = report.get("eval")
     if ev:
         print(f"Dice vs --eval-labels: given {ev['given_labels']['dice']:.4f}, refined "
-              f"{ev['refined_labels']['dice']:.4f}, model on training images {ev['model_on_training_images']['dice']:.4f}")
+              f"{ev['refined_labels']['dice']:.4f}, model on training images "
+              f"{ev['model_on_training_images']['dice']:.4f}")
     return 0

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="an existing Ray cluster to run on ('auto', HOST:PORT or ray://HOST:10001); "
                           "default: start a local Ray instance")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (data, noise, network init)")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="updates between periodic checkpoints (0: only the final one); Ctrl-C finishes the "
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="updates between periodic checkpoints (0: only the final one); Ctrl-C finishes the "
                         "current update and writes one too, then exits with status 130")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_env_arguments(p)

@@ -157,7 +157,8 @@ def load_checkpoint(path, kind: str | tuple[str, ...] | None = None) -> dict[str
                               f"is not supported (expected {FORMAT_VERSION})")
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds is not None and payload.get("kind") not in kinds:
-        raise CheckpointError(f"{path}: checkpoint is of agent kind {payload.get('kind')!r}, expected {' or '.join(kinds)}")
+        raise CheckpointError(f"{path}: checkpoint is of agent kind {payload.get('kind')!r}, "
+                              f"expected {' or '.join(kinds)}")
     try:
         config, meta = json.loads(payload["config"]), json.loads(payload["meta"])
         if not isinstance(config, dict) or not isinstance(meta, dict):

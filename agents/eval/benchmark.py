@@ -23,8 +23,9 @@ Files in ``out``:
 
 Fairness: episode i is the env reset with seed ``seed + i`` for every policy (same volume,
 same noise). Learned agents listed without a checkpoint are trained first, each for its
-budget of minutes (wall-clock, or CPU-minutes with ``clock="cpu"``), on training seeds ``seed + TRAIN_SEED_OFFSET + i`` -- disjoint
-from the evaluation seeds. The oracle reads the truth and is labelled "oracle (upper bound)".
+budget of minutes (wall-clock, or CPU-minutes with ``clock="cpu"``), on training seeds
+``seed + TRAIN_SEED_OFFSET + i`` -- disjoint from the evaluation seeds. The oracle reads the
+truth and is labelled "oracle (upper bound)".
 """
 
 from __future__ import annotations
@@ -234,7 +235,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     learned = learned_agents()
     unknown = [a for a in agents if a not in HEURISTICS and a not in learned]
     if unknown:
-        raise ValueError(f"unknown agent(s) {unknown}; built-in: {', '.join(builtin_agents())} (own policies: --custom)")
+        raise ValueError(f"unknown agent(s) {unknown}; built-in: {', '.join(builtin_agents())} "
+                         "(own policies: --custom)")
     if not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     if overlays < 0:

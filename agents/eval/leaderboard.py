@@ -43,7 +43,8 @@ def leaderboard_from_per_case(path, confidence: float = 0.95) -> list[dict]:
     return rows
 
 
-def write_leaderboard(rows: list[dict], out_dir, *, title: str = "Leaderboard", notes: Sequence[str] = ()) -> tuple[Path, Path]:
+def write_leaderboard(rows: list[dict], out_dir, *, title: str = "Leaderboard",
+                      notes: Sequence[str] = ()) -> tuple[Path, Path]:
     """``leaderboard.csv`` and ``leaderboard.md`` in ``out_dir`` from ``leaderboard_from_per_case`` rows."""
     out_dir = Path(out_dir)
     fields = ["rank", "policy", "n"] + [f"{f}_{s}" for f, _, _ in METRICS for s in ("mean", "ci95", "n")]
@@ -70,7 +71,8 @@ def leaderboard_markdown(rows: list[dict], *, title: str = "Leaderboard", notes:
     """A Markdown table (mean ± 95% CI) of leaderboard rows."""
     digits = {"dice": 3, "iou": 3, "hd95": 2, "continuity": 3, "dice_gain": 3, "seconds": 3}
     head = ["#", "policy"] + [t + (" ↑" if up else " ↓") for _, t, up in METRICS] + ["n"]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---:", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
+    rule = "|" + "|".join(["---:", ":---"] + ["---:"] * (len(head) - 2)) + "|"
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", rule]
     undefined = []
     for r in rows:
         cells = [str(r["rank"]), r["policy"]]

@@ -155,7 +155,8 @@ class VoxelPPOModule(TorchRLModule, ValueFunctionAPI):
         if not (nvec == nvec.flat[0]).all():
             raise ValueError("every voxel must have the same number of actions")
         if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 4 or tuple(obs.shape[1:]) != tuple(act.shape):
-            raise ValueError(f"observation space must be Box(C, D, H, W) matching the action grid {act.shape}, got {obs}")
+            raise ValueError(f"observation space must be Box(C, D, H, W) matching the action grid {act.shape}, "
+                             f"got {obs}")
         cfg = net_config_for(int(obs.shape[0]), int(nvec.flat[0]), **(self.model_config or {}))
         self.net = VoxelPPONet(**cfg)
         self.reduction = str((self.model_config or {}).get("reduction", "mean"))

@@ -490,7 +490,8 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
     _, model_cfg, _ = split_options(options)
     net_config = net_config_for(n_ch, n_act, **model_cfg)
     if start_net is not None and start_net.config != net_config:
-        raise ValueError(f"{resume}: the checkpoint's network {start_net.config} differs from the requested {net_config}")
+        raise ValueError(f"{resume}: the checkpoint's network {start_net.config} differs from the requested "
+                         f"{net_config}")
     patch = env_config_for(env_kwargs).get("patch_size", 32)
     n_vox = int(np.prod(patch if isinstance(patch, tuple) else (patch,) * 3))
     ckpt_config = {"net": net_config, "env": jsonable(env_config_for(env_kwargs)),

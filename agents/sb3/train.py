@@ -242,7 +242,8 @@ class TrainingCallback(BaseCallback):
                     if key in inf:
                         self.logger.record_mean(f"rollout/{key}", float(inf[key]))
                 if "dice_clean" in inf and "dice_annotation_clean" in inf:
-                    self.logger.record_mean("rollout/dice_gain", float(inf["dice_clean"] - inf["dice_annotation_clean"]))
+                    gain = float(inf["dice_clean"] - inf["dice_annotation_clean"])
+                    self.logger.record_mean("rollout/dice_gain", gain)
         elapsed = self.clock() - self._t0
         if self.bar is not None:
             if self.budget is not None:
@@ -278,8 +279,8 @@ def split_config(algo: str, config: dict) -> tuple[dict, dict]:
 
 
 def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, timesteps: int | None = None,
-              cpu_minutes: float | None = None, seed: int = 0, out=None, progress: bool = True, num_envs: int = 8, resume=None,
-              checkpoint_every: int | None = 50, obs_dtype=np.float32, **config) -> SB3Policy:
+              cpu_minutes: float | None = None, seed: int = 0, out=None, progress: bool = True, num_envs: int = 8,
+              resume=None, checkpoint_every: int | None = 50, obs_dtype=np.float32, **config) -> SB3Policy:
     """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
 
     Args:
@@ -345,7 +346,8 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
     if run_dir is not None:
         ensure_dir(run_dir, "--out")
         cfg = {"agent": algo, "env_kwargs": _jsonable(env_kwargs), "seed": seed, "num_envs": venv.num_envs,
-               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes, "clock": clock, "timesteps": timesteps,
+               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes,
+               "clock": clock, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
                "note": TRUST_NOTE}
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))

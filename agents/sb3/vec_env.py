@@ -102,7 +102,8 @@ class SB3VecEnv(VecEnv):
         a = np.asarray(self._actions)
         self._actions = None
         if a.size != self.num_envs * int(np.prod(self.patch_shape)):
-            raise ValueError(f"expected {self.num_envs} x {int(np.prod(self.patch_shape))} actions, got shape {a.shape}")
+            raise ValueError(f"expected {self.num_envs} x {int(np.prod(self.patch_shape))} actions, "
+                             f"got shape {a.shape}")
         # SB3 hands back int64 (policy) or the space dtype; int8 is what the env needs at K=4.
         a = a.reshape(self.num_envs, *self.patch_shape).astype(self.action_space.dtype, copy=False)
         obs, reward, terminated, truncated, info = self.venv.step(a)

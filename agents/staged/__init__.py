@@ -20,10 +20,11 @@ Voxel agents act in ``svl_env.SVLDRLVectorEnv``: label agents (``label_refinemen
 agents (``intensity_agents``; the ``intensity`` action set with this network as segmenter). The
 reward is the environment's Dice + continuity composite against the given annotation (the
 label agents start from a fresh corruption of it by the environment's noise protocol) or the
-current training labels (intensity agents); clean labels are never read in training. Comparators with the same backbone and budget:
-``noisy`` (plain training) and ``coteaching`` (Han et al. 2018). ``pipeline.run_pipeline`` and
-``svl-drl pipeline`` write refined labels, the model and a report; ``segment`` (``svl-drl
-segment``) applies the model to new images of any size.
+current training labels (intensity agents); clean labels are never read in training.
+Comparators with the same backbone and budget: ``noisy`` (plain training) and ``coteaching``
+(Han et al. 2018). ``pipeline.run_pipeline`` and ``svl-drl pipeline`` write refined labels, the
+model and a report; ``segment`` (``svl-drl segment``) applies the model to new images of any
+size.
 """
 
 from agents.staged.model import DEFAULT_MODEL, MonaiMissingError, StagedNet, make_model

@@ -94,11 +94,12 @@ def train_coteaching(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, m
             o.step()
         ema.update(nets[0])
         agree = float(((keep[0] > 0) == (keep[1] > 0)).float().mean())
-        rec.add(u, "coteaching", 0, clock.cpu_s, lr, {"loss": float(losses[0].detach()), "dice_loss": losses[0].detach(),
-                                                      "select_fg": 1.0 - drop})
+        rec.add(u, "coteaching", 0, clock.cpu_s, lr,
+                {"loss": float(losses[0].detach()), "dice_loss": losses[0].detach(), "select_fg": 1.0 - drop})
         u += 1
         bar.update(1)
-        bar.set_postfix_str(f"p={p:.2f} drop={drop:.2f} loss={float(losses[0].detach()):.3f} agree={agree:.2f}", refresh=False)
+        bar.set_postfix_str(f"p={p:.2f} drop={drop:.2f} loss={float(losses[0].detach()):.3f} agree={agree:.2f}",
+                            refresh=False)
     bar.close()
     cpu_s, wall_s = clock.cpu_s, clock.wall_s
     model = nets[0]

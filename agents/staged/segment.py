@@ -24,7 +24,8 @@ __all__ = ["predict_probability", "segment_folder"]
 
 @torch.no_grad()
 def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, overlap: float = 0.25,
-                        batch_size: int = 2, device="cpu", progress: bool = False, desc: str | None = None) -> np.ndarray:
+                        batch_size: int = 2, device="cpu", progress: bool = False,
+                        desc: str | None = None) -> np.ndarray:
     """Foreground probability (D, H, W) float32 of one image (D, H, W) in [0, 1]."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:

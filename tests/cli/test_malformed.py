@@ -142,7 +142,8 @@ data_case("nan-image", ("case_b.nii.gz", "NaN/Inf"),
           image_writer=_arr(np.where(lab0 > 0, np.nan, 1.0).astype(np.float32)))
 data_case("inf-image", ("case_b.nii.gz", "NaN/Inf"),
           image_writer=_arr(np.where(lab0 > 0, np.inf, 1.0).astype(np.float32)))
-data_case("nan-label", ("case_b.nii.gz", "NaN/Inf"), label_writer=_arr(np.where(lab0 > 0, np.nan, 0).astype(np.float32)))
+data_case("nan-label", ("case_b.nii.gz", "NaN/Inf"),
+          label_writer=_arr(np.where(lab0 > 0, np.nan, 0).astype(np.float32)))
 data_case("fractional-label", ("case_b.nii.gz", "not integers"), label_writer=_arr((lab0 * 0.5).astype(np.float32)))
 data_case("negative-label", ("case_b.nii.gz", "negative"), label_writer=_arr(lab0.astype(np.int16) - 1))
 data_case("label-is-an-image", ("case_b.nii.gz", "looks like an image"),
@@ -187,14 +188,17 @@ layout_case("empty-imagesTr", ("imagesTr", "empty"), lambda r: ((r / "imagesTr")
 layout_case("image-without-label", ("case_c.nii.gz", "has no label"),
             lambda r: (_folder(r), _nii(r / "imagesTr" / "case_c.nii.gz", img0)))
 layout_case("dataset-json-names-missing-file", ("dataset.json", "ghost.nii.gz"),
-            lambda r: _json(r, {"training": [{"image": "./imagesTr/ghost.nii.gz", "label": "./labelsTr/ghost.nii.gz"}]}))
+            lambda r: _json(r, {"training": [{"image": "./imagesTr/ghost.nii.gz",
+                                              "label": "./labelsTr/ghost.nii.gz"}]}))
 layout_case("dataset-json-invalid", ("dataset.json", "not valid JSON"), lambda r: _json(r, None, "{'training': ["),
             exc=DataError)
 layout_case("dataset-json-malformed-entry", ("dataset.json", "malformed 'training' entry"),
             lambda r: _json(r, {"training": [123]}), exc=DataError)
-layout_case("dataset-json-not-an-object", ("dataset.json", "JSON object"), lambda r: _json(r, ["a", "b"]), exc=DataError)
+layout_case("dataset-json-not-an-object", ("dataset.json", "JSON object"), lambda r: _json(r, ["a", "b"]),
+            exc=DataError)
 layout_case("duplicate-case-name", ("case_b", "also used by"),
-            lambda r: (_folder(r), _nii(r / "imagesTr" / "case_b.nii", img0), _nii(r / "labelsTr" / "case_b.nii", lab0)),
+            lambda r: (_folder(r), _nii(r / "imagesTr" / "case_b.nii", img0),
+                       _nii(r / "labelsTr" / "case_b.nii", lab0)),
             exc=DataError)
 INPUTS.append(Input("label-value-absent-everywhere", "layout", lambda tmp: _folder(tmp / "data"),
                     ("label value 7", "empty"), ("train", "pipeline"), ValueError, ("--label-value", "7")))
@@ -323,10 +327,13 @@ ckpt_case("ckpt-garbage", ("checkpoint.pt", "not a readable"),
           _raw(lambda p, b: p.write_bytes(bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8)))))
 ckpt_case("ckpt-pickle-that-runs-code", ("checkpoint.pt", "not a readable"), _raw(_malicious))
 ckpt_case("ckpt-sb3-zip-given-to-va3c", ("checkpoint.pt", "not a readable"), _raw(_sb3_like_zip))
-ckpt_case("ckpt-no-format-marker", ("checkpoint.pt", "format marker"), _mut(lambda pl: {"model": torch.zeros(2)}, replace=True))
-ckpt_case("ckpt-format-version-99", ("checkpoint.pt", "format version 99"), _mut(lambda pl: pl.update(format_version=99)))
+ckpt_case("ckpt-no-format-marker", ("checkpoint.pt", "format marker"),
+          _mut(lambda pl: {"model": torch.zeros(2)}, replace=True))
+ckpt_case("ckpt-format-version-99", ("checkpoint.pt", "format version 99"),
+          _mut(lambda pl: pl.update(format_version=99)))
 ckpt_case("ckpt-other-agent-kind", ("checkpoint.pt", "kind 'ppo'"), _mut(lambda pl: pl.update(kind="ppo")))
-ckpt_case("ckpt-config-not-json", ("checkpoint.pt", "malformed checkpoint"), _mut(lambda pl: pl.update(config="{net: ")))
+ckpt_case("ckpt-config-not-json", ("checkpoint.pt", "malformed checkpoint"),
+          _mut(lambda pl: pl.update(config="{net: ")))
 ckpt_case("ckpt-tensor-replaced-by-list", ("checkpoint.pt", "not a tensor"),
           _mut(lambda pl: pl["tensors"]["model"].update({_first_float(pl["tensors"]["model"]): [1.0, 2.0]})))
 ckpt_case("ckpt-weights-wrong-shape", ("checkpoint.pt", "shape"),
@@ -355,8 +362,9 @@ ckpt_case("sb3-zip-truncated", ("model.zip", "not a stable-baselines3 model zip"
 # -- staged-pipeline models given to `segment`
 ckpt_case("segment-model-is-a-va3c-checkpoint", ("checkpoint.pt", "va3c"), lambda tmp: tmp / "base" / "checkpoint.pt",
           surfaces=("segment",))
-ckpt_case("segment-model-garbage", ("model.pt",), _raw(lambda p, b: p.with_name("model.pt").write_bytes(b"\x00junk" * 50),
-                                                       name="model.pt"), surfaces=("segment",))
+ckpt_case("segment-model-garbage", ("model.pt",),
+          _raw(lambda p, b: p.with_name("model.pt").write_bytes(b"\x00junk" * 50), name="model.pt"),
+          surfaces=("segment",))
 ckpt_case("segment-model-missing", ("no_run", "not found"), lambda tmp: tmp / "no_run", surfaces=("segment",),
           exc=FileNotFoundError)
 

@@ -40,7 +40,7 @@ ranges, presets, documented Dice range, ``apply``) and the protocol's documentat
 ``LITERATURE_PARAMS``, ``PRESETS`` and ``DICE_AT_DEFAULTS`` are derived from the registered
 protocols each time they are read, and so are the error messages and the table below.
 
-Adding one is one call (a toy example; ``tests/test_noise_registry.py`` runs it)::
+Adding one is one call (``tests/test_noise_registry.py`` registers another toy one)::
 
     import gymnasium as gym
     from svl_env import rng

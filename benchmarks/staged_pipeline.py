@@ -2,7 +2,7 @@
 bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
 
 1. Data: a Decathlon folder written from the built-in phantom generator
-   (``svl_env.phantom.generate_phantoms``; default family ``blob`` -- a solid organ, the kind
+   (``svl_env.data.phantom.generate_phantoms``; default family ``blob`` -- a solid organ, the kind
    of structure of the paper's LA / pancreas data -- MR-like intensities, volumes of 32..40
    voxels per side, 1 mm): ``imagesTr/`` + *noisy* ``labelsTr/`` (exactly half of the training
    cases corrupted by ``svl_env.noise`` protocol ``mt``: dilation or erosion by a cube of side
@@ -74,7 +74,7 @@ def make_phantom_dataset(root, *, n_train: int = 32, n_test: int = 16, seed: int
 
     from svl_env import rng
     from svl_env.noise import parse_noise
-    from svl_env.phantom import generate_phantoms
+    from svl_env.data.phantom import generate_phantoms
 
     root = Path(root)
     g = np.random.default_rng(seed)
@@ -147,7 +147,7 @@ def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
     from agents.staged.checkpoint import load_model
     from agents.staged.pipeline import score_masks
     from agents.staged.segment import predict_probability
-    from svl_env.nifti import load_case
+    from svl_env.data.nifti import load_case
 
     model, meta = load_model(run_dir)
     preds, truths, spacings = [], [], []

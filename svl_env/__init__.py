@@ -7,7 +7,7 @@ from .env import SVLDRLEnv
 from .vector_env import CHANNEL_NAMES, StepBeforeResetError, SVLDRLVectorEnv
 from .dynamics import ACTION_SETS, INTENSITY_ACTIONS, LABEL_ACTIONS
 from .reward import RewardWeights
-from .sources import CaseSource, PhantomSource
+from .data.sources import CaseSource, PhantomSource
 
 import envs_registry as _envs_registry  # noqa: E402, F401  (registration side effect)
 

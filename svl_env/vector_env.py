@@ -25,7 +25,7 @@ from .dynamics import (ACTION_SETS, apply_intensity_actions, box_sum, label_cand
 from .noise import parse_noise
 from .render import render_frame
 from .reward import RewardWeights, counterfactual_rewards, objective, step_reward
-from .sources import make_source
+from .data.sources import make_source
 
 CHANNEL_NAMES = ("image", "mask", "annotation", "image_mean3", "mask_mean3", "time")
 _TAG_EPS = 30  # rng tag of the intensity actions' epsilon

@@ -1,4 +1,4 @@
-"""Decathlon-style NIfTI reading / writing (svl_env.nifti). Every folder is built in tmp_path."""
+"""Decathlon-style NIfTI reading / writing (svl_env.data: nifti, decathlon, patches), in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,17 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from svl_env.nifti import (
-    Case,
-    DataError,
-    DecathlonDataset,
-    crop,
-    load_case,
-    normalise_intensity,
-    pad_to,
-    patch_origin,
-    save_label_like,
-)
+from svl_env.data.decathlon import DecathlonDataset
+from svl_env.data.nifti import Case, DataError, load_case, normalise_intensity, save_label_like
+from svl_env.data.patches import crop, pad_to, patch_origin
 
 SPACING = (0.7, 0.7, 2.5)
 

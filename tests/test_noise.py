@@ -354,9 +354,9 @@ def test_empty_full_and_tiny(proto, shape):
 # ------------------------------------------------------------------------------ Dice at the defaults
 def _phantom_truth():
     try:
-        from svl_env.phantom import generate_phantoms
+        from svl_env.data.phantom import generate_phantoms
     except ImportError:  # pragma: no cover - phantom module missing
-        pytest.skip("svl_env.phantom not available")
+        pytest.skip("svl_env.data.phantom not available")
     keys = torch.arange(64, dtype=torch.int64) * 7919 + 12345
     return generate_phantoms(keys, (32, 32, 32))[1], keys
 

@@ -1,11 +1,11 @@
-"""Tests of the procedural phantom generator (svl_env.phantom): contract, character, difficulty."""
+"""Tests of the procedural phantom generator (svl_env.data.phantom): contract, character, difficulty."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage as ndi
 
-from svl_env.phantom import FAMILIES, MODALITIES, generate_phantoms
+from svl_env.data.phantom import FAMILIES, MODALITIES, generate_phantoms
 
 SHAPE = (32, 32, 32)
 FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: the strict reading of "separate"

@@ -44,7 +44,7 @@ def validate_env(env_kwargs: dict) -> None:
     """Check an environment configuration completely before a long job starts: the options
     (by building a one-env ``SVLDRLVectorEnv``) and, for a NIfTI folder, every case (each file is
     read once and released). Raises the env's own errors (ValueError, FileNotFoundError,
-    ``svl_env.nifti.DataError`` naming the file)."""
+    ``svl_env.data.nifti.DataError`` naming the file)."""
     from pathlib import Path
 
     from gymnasium.vector import AutoresetMode

@@ -11,7 +11,7 @@ of its patches' final masks (> 0.5 -> foreground; an exact tie keeps the annotat
 
 ``refine_folder`` pairs ``labels/NAME.nii[.gz]`` with ``images/NAME.nii[.gz]`` (or nnU-Net's
 ``NAME_0000``) and writes ``out/NAME.nii[.gz]`` with the input label's shape, affine, header
-and on-disk dtype (``svl_env.nifti.save_label_like``).
+and on-disk dtype (``svl_env.data.nifti.save_label_like``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from svl_env import CHANNEL_NAMES
 from svl_env.dynamics import apply_label_actions, neighbourhood_mean
-from svl_env.nifti import list_nifti, nifti_stem
+from svl_env.data.nifti import list_nifti, nifti_stem
 
 from agents.common.windows import as_triple, grid_starts
 
@@ -157,7 +157,7 @@ def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps
     hidden staging folder inside ``out`` and moved into place only when every case succeeded,
     so a failure leaves ``out`` as it was. ``out`` may not be, or lead onto, an input.
     """
-    from svl_env.nifti import load_case, save_label_like
+    from svl_env.data.nifti import load_case, save_label_like
 
     from agents.common.checkpoint import all_or_nothing
 

@@ -1,6 +1,6 @@
 """Training data of the staged pipeline: a Decathlon folder with noisy ``labelsTr``, in memory.
 
-Only ``DIR/imagesTr`` and ``DIR/labelsTr`` are read (``svl_env.nifti.DecathlonDataset``:
+Only ``DIR/imagesTr`` and ``DIR/labelsTr`` are read (``svl_env.data.decathlon.DecathlonDataset``:
 validation, intensity normalisation, one label value of multi-label files). The given labels are
 kept unchanged in ``given``; ``current`` holds the training labels of the current round (the
 given ones until the label agents refine them). Patches are cut by ``svl_env``'s
@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from svl_env import rng
-from svl_env.nifti import Case, DataError, DecathlonDataset
-from svl_env.sources import CaseSource
+from svl_env.data.decathlon import DecathlonDataset
+from svl_env.data.nifti import Case, DataError
+from svl_env.data.sources import CaseSource
 
 __all__ = ["TrainingSet", "load_training_set", "Augment"]
 
@@ -112,10 +113,10 @@ class TrainingSet:
     def crop_like_given(self, keys: torch.Tensor, patch_shape, labels: list[np.ndarray]) -> torch.Tensor:
         """The patches ``self.source("given").sample(keys, patch_shape)`` cut, taken from ``labels``
         (e.g. the current labels) instead: same cases, same origins. (B, D, H, W) float32."""
-        from svl_env.nifti import crop, patch_origin
-        from svl_env.sources import _TAG_CASE
+        from svl_env.data.patches import crop, patch_origin
+        from svl_env.data.sources import TAG_CASE
 
-        u = rng.params(keys, _TAG_CASE, 5).cpu().numpy().astype(np.float64)
+        u = rng.params(keys, TAG_CASE, 5).cpu().numpy().astype(np.float64)
         out = []
         for row in u:  # mirrors CaseSource.sample: case choice and fg-biased origin from the given labels
             i = min(int(row[0] * len(self.cases)), len(self.cases) - 1)

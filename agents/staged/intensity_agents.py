@@ -19,7 +19,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from svl_env import SVLDRLVectorEnv
-from svl_env.sources import CaseSource
+from svl_env.data.sources import CaseSource
 
 from agents.common.distributions import gumbel_sample
 from agents.staged.losses import actor_critic_losses

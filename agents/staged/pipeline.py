@@ -142,7 +142,7 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
     # -- outputs (before anything may look at clean labels)
     out.mkdir(parents=True, exist_ok=True)
     value = 1 if label_value is None else int(label_value)
-    from svl_env.nifti import save_label_like
+    from svl_env.data.nifti import save_label_like
 
     refined_dir = out / REFINED_DIR
     for mask, ref in zip(result.refined, ts.label_paths):
@@ -174,7 +174,7 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
 
 
 def _modality(data: Path, modality: str) -> str:
-    from svl_env.nifti import DecathlonDataset
+    from svl_env.data.decathlon import DecathlonDataset
 
     try:
         return DecathlonDataset(data, modality=modality).modality
@@ -188,7 +188,7 @@ def _dice(a, b) -> float:
 
 
 def _evaluate(eval_dir: Path, ts, result: TrainResult, cfg, dev, label_value) -> dict:
-    from svl_env.nifti import _load_nifti, _read_array, _label_mask
+    from svl_env.data.nifti import label_mask, load_nifti, read_array
 
     clean = []
     for name, ref, img in zip(ts.names, ts.label_paths, ts.images):
@@ -198,12 +198,12 @@ def _evaluate(eval_dir: Path, ts, result: TrainResult, cfg, dev, label_value) ->
             path = next((p for p in alt if p.is_file()), path)
         if not path.is_file():
             raise FileNotFoundError(f"--eval-labels has no label for case {name!r} (expected {eval_dir / ref.name})")
-        arr = _read_array(_load_nifti(path, "label"), path, "label", as_float=False)
+        arr = read_array(load_nifti(path, "label"), path, "label", as_float=False)
         if arr.shape != img.shape:
-            from svl_env.nifti import DataError
+            from svl_env.data.nifti import DataError
 
             raise DataError(f"{path}: shape {arr.shape} does not match the training image {img.shape}")
-        clean.append(_label_mask(arr, label_value, path))
+        clean.append(label_mask(arr, label_value, path))
     spacings = [c.spacing for c in ts.cases]
     preds = predict_training(result.model, ts, cfg, dev)
     rounds = [{"round": k + 1, **{m: v for m, v in score_masks(labs, clean, spacings).items() if m != "per_case"}}

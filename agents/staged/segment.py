@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from svl_env.nifti import list_nifti, nifti_stem, save_label_like
+from svl_env.data.nifti import list_nifti, nifti_stem, save_label_like
 
 from agents.common.windows import DEFAULT_WINDOW, as_triple, sliding_window, window_starts
 
@@ -46,12 +46,12 @@ def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, over
 
 def _out_name(image_path: Path) -> str:
     """nnU-Net's channel suffix is dropped: ``case_0000.nii.gz`` -> ``case.nii.gz``."""
-    from svl_env.nifti import _CHANNEL_RE
+    from svl_env.data.nifti import CHANNEL_RE
 
     name = image_path.name
     ext = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
     stem = nifti_stem(image_path)
-    m = _CHANNEL_RE.match(stem)
+    m = CHANNEL_RE.match(stem)
     if m and m.group("ch") == "0000":
         stem = m.group("case")
     return stem + ext
@@ -65,7 +65,7 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
     ``model_path``: a pipeline output folder (its ``model.pt``) or the checkpoint file. Masks are
     named like the images (nnU-Net's ``_0000`` dropped) and keep each image's affine and header.
     """
-    from svl_env.nifti import load_case
+    from svl_env.data.nifti import load_case
 
     from agents.common.checkpoint import all_or_nothing
     from agents.staged.checkpoint import load_model

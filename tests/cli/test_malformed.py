@@ -32,7 +32,8 @@ import torch
 from agents.common.checkpoint import CheckpointError
 from agents.cli import main
 from agents.va3c import Budget, VA3CPolicy, VA3CRun
-from svl_env.nifti import DataError, DecathlonDataset
+from svl_env.data.decathlon import DecathlonDataset
+from svl_env.data.nifti import DataError
 
 SHAPE = (12, 12, 12)
 TINY = dict(width=4, depth=1, num_envs=1)

@@ -19,10 +19,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import rng
-from .nifti import Case, DecathlonDataset, crop, patch_origin
+from .. import rng
+from .decathlon import DecathlonDataset
+from .nifti import Case
+from .patches import crop, patch_origin
 
-_TAG_CASE = 20  # rng tag for case choice and patch position
+#: rng tag of a ``CaseSource`` row's draws: ``rng.params(keys, TAG_CASE, 5)`` = case choice, then
+#: the 4 uniforms of ``patches.patch_origin`` (code that re-cuts the same patches uses it too)
+TAG_CASE = 20
 
 
 @dataclass
@@ -92,7 +96,7 @@ class CaseSource:
     @classmethod
     def from_folder(cls, root, *, labels: str = "clean", label_value: int | None = 1, modality: str = "auto",
                     fg_prob: float = 0.66, **kwargs) -> "CaseSource":
-        """A Decathlon folder (``imagesTr/``, ``labelsTr/``); see ``nifti.DecathlonDataset``."""
+        """A Decathlon folder (``imagesTr/``, ``labelsTr/``); see ``decathlon.DecathlonDataset``."""
         return cls(DecathlonDataset(root, label_value=label_value, modality=modality, **kwargs), labels, fg_prob)
 
     @classmethod
@@ -120,7 +124,7 @@ class CaseSource:
         return cls(cases, labels_are, fg_prob)
 
     def sample(self, keys: torch.Tensor, patch_shape: tuple[int, int, int]) -> PatchBatch:
-        u = rng.params(keys, _TAG_CASE, 5).cpu().numpy().astype(np.float64)
+        u = rng.params(keys, TAG_CASE, 5).cpu().numpy().astype(np.float64)
         images, labels, spacings, names = [], [], [], []
         for row in u:  # host-side data loading: one crop per environment being reset
             case = self.cases[min(int(row[0] * len(self.cases)), len(self.cases) - 1)]

@@ -14,7 +14,7 @@ are used: ``gymnasium.make("SVLDRL-v0")``, ``svl_env.SVLDRLVectorEnv`` keyword a
 the CLI ``python -m agents.cli train|benchmark|pipeline`` as a subprocess (run with the same
 ``PYTHONPATH``, from a scratch folder so the working directory cannot shadow it).
 
-Groups (``--only`` picks some; the whole dump takes ~2 CPU-minutes on one thread):
+Groups (``--only`` picks some; the whole dump takes ~1 CPU-minute on one thread):
 
 - ``env``: vector-env episodes (3 envs, reset(seed) + 6 steps of actions from a fixed numpy RNG,
   so the NEXT_STEP autoreset is included) for every noise protocol and two mixtures, label and
@@ -30,10 +30,10 @@ Groups (``--only`` picks some; the whole dump takes ~2 CPU-minutes on one thread
   folder; every refined label volume, the leaves of report.json but timings, model.pt's tensors.
 
 Each group is one ``GROUP.npz``; ``manifest.json`` lists every entry's name, shape and dtype
-and the files ``svl_env`` / ``agents`` were imported from. ``compare`` prints the number of
-entries compared and identical (same dtype, same shape, ``np.array_equal`` with NaN equal to
-NaN) and, for each differing or missing entry, its name and max abs difference; it exits 1
-if anything differs.
+and the files ``svl_env`` / ``agents`` were imported from, here and in the CLI subprocesses
+(``dump`` stops if the two differ). ``compare`` prints the number of entries compared and
+identical (same dtype, same shape, ``np.array_equal`` with NaN equal to NaN) and, for each
+differing or missing entry, its name and max abs difference; it exits 1 if anything differs.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ import time
 from pathlib import Path
 
 # Before numpy / torch load: a thread count must not be able to change a float result.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 import numpy as np  # noqa: E402
 

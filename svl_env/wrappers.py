@@ -2,16 +2,21 @@
 
 Gymnasium's ``NormalizeReward`` and ``ClipReward`` (single and vector) change the scalar reward
 only: ``info["reward_map"]`` and ``info["action_rewards"]`` pass through unchanged, so after them
-the map no longer sums to the reward. ``ScaleReward`` (a ``gymnasium.Wrapper``) and
-``VectorScaleReward`` (a ``gymnasium.vector.VectorWrapper``) multiply the reward and every map
-by one constant, the maps in a SAME_STEP ``final_info`` included, so ``reward_map.sum() ==
-reward`` (to float32 rounding) still holds. A clipped reward has no per-voxel decomposition:
-there is no consistent ``ClipReward``.
+the map no longer sums to the reward. The wrappers here multiply the reward and every map by the
+same factor, the maps in a SAME_STEP ``final_info`` included, so ``reward_map.sum() == reward``
+(to float32 rounding) still holds:
+
+- ``ScaleReward`` / ``VectorScaleReward``: a constant factor.
+- ``NormalizeReward`` / ``VectorNormalizeReward``: Gymnasium's wrappers of those names (the
+  reward divided by the running std of the discounted return), the maps divided alike.
+
+A clipped reward has no per-voxel decomposition: there is no consistent ``ClipReward``.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 
 MAP_KEYS = ("reward_map", "action_rewards")  # the info entries that decompose the reward
 
@@ -63,3 +68,26 @@ class VectorScaleReward(gym.vector.VectorWrapper):
     def step(self, actions):
         obs, reward, terminated, truncated, info = self.env.step(actions)
         return obs, reward * self.scale, terminated, truncated, scaled_info(info, self.scale)
+
+
+class NormalizeReward(gym.wrappers.NormalizeReward):
+    """Single env: ``gymnasium.wrappers.NormalizeReward`` (same arguments, same rewards), with
+    ``reward_map`` and ``action_rewards`` divided by the same running std."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, scaled_info(info, _inverse_std(self))
+
+
+class VectorNormalizeReward(gym.wrappers.vector.NormalizeReward):
+    """Vector env: ``gymnasium.wrappers.vector.NormalizeReward`` with the maps divided alike."""
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = super().step(actions)
+        return obs, reward, terminated, truncated, scaled_info(info, _inverse_std(self))
+
+
+def _inverse_std(wrapper) -> float:
+    """The factor Gymnasium's NormalizeReward applied in the step just taken (its statistics are
+    updated before it divides), as a Python float so float32 maps stay float32."""
+    return float(1.0 / np.sqrt(wrapper.return_rms.var + wrapper.epsilon))

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode
 
 import svl_env  # noqa: F401  (registers SVLDRL-v0)
 from svl_env import SVLDRLEnv, SVLDRLVectorEnv
-from svl_env.wrappers import ScaleReward, VectorScaleReward
+from svl_env.wrappers import NormalizeReward, ScaleReward, VectorNormalizeReward, VectorScaleReward
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -109,6 +109,27 @@ def test_vector_scale_reward_scales_final_info_under_same_step():
     np.testing.assert_allclose(final.reshape(2, -1).sum(1, dtype=np.float64), r, rtol=1e-5, atol=1e-7)
 
 
+def test_normalize_reward_gives_gymnasiums_rewards_and_scales_the_maps_alike():
+    ours = NormalizeReward(SVLDRLEnv(patch_size=P, action_rewards=True), gamma=0.9)
+    theirs = gym.wrappers.NormalizeReward(SVLDRLEnv(patch_size=P, action_rewards=True), gamma=0.9)
+    for (_, r, _, _, info), (_, r0, _, _, info0) in zip(_run_single(ours, 4, None), _run_single(theirs, 4, None)):
+        assert r == r0 and r != 0.0
+        assert float(info["reward_map"].sum(dtype=np.float64)) == pytest.approx(r, rel=1e-5, abs=1e-7)
+        ratio = r / float(info0["reward_map"].sum(dtype=np.float64))
+        np.testing.assert_allclose(info["action_rewards"], ratio * info0["action_rewards"], rtol=1e-4, atol=1e-9)
+    kw = dict(patch_size=P, max_steps=2, autoreset_mode=AutoresetMode.SAME_STEP)
+    venv, ref = VectorNormalizeReward(SVLDRLVectorEnv(2, **kw)), gym.wrappers.vector.NormalizeReward(
+        SVLDRLVectorEnv(2, **kw))
+    for e in (venv, ref):
+        e.reset(seed=0)
+    for a in (np.full((2, P, P, P), 1), np.full((2, P, P, P), 3)):
+        _, r, _, _, info = venv.step(a)
+        _, r0, _, _, _ = ref.step(a)
+        np.testing.assert_array_equal(r, r0)
+    np.testing.assert_allclose(info["final_info"]["reward_map"].reshape(2, -1).sum(1, dtype=np.float64), r,
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_gymnasium_reward_wrappers_leave_the_map_as_documented():
     """README: NormalizeReward / ClipReward change the scalar only, so the map stops summing to it."""
     assert "`NormalizeReward`" in README and "pass through unscaled" in README
@@ -161,6 +182,24 @@ def test_make_vec_wrappers_limit_and_the_vector_wrappers_that_work():
     for _ in range(5):
         *_, info = stats.step(np.zeros((2, P, P, P), np.int64))
     assert info["episode"]["l"].tolist() == [5, 5]
+
+
+def test_next_step_and_disabled_autoreset_as_documented():
+    venv = gym.make_vec("SVLDRL-v0", num_envs=2, patch_size=P, max_episode_steps=2, action_rewards=True)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    venv.reset(seed=0)
+    for _ in range(2):
+        *_, truncated, _ = venv.step(np.full((2, P, P, P), 3))
+    assert truncated.all()
+    obs, r, _, truncated, info = venv.step(np.full((2, P, P, P), 1))  # ignored: the new episodes start
+    assert (r == 0).all() and not truncated.any() and (info["t"] == 0).all() and obs[:, TIME].max() == 0.0
+    assert not info["reward_map"].any() and not info["action_rewards"].any()
+    off = gym.make_vec("SVLDRL-v0", num_envs=2, patch_size=P, max_episode_steps=1,
+                       autoreset_mode=AutoresetMode.DISABLED)
+    off.reset(seed=0)
+    *_, done, _ = off.step(np.zeros((2, P, P, P), np.int64))
+    _, info = off.reset(options={"reset_mask": done})
+    assert done.all() and (info["t"] == 0).all()
 
 
 def test_same_step_final_info_and_reward_map_as_documented():

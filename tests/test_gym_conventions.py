@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
 
 import svl_env  # noqa: F401  (registers SVLDRL-v0)
 from svl_env import SVLDRLEnv, SVLDRLVectorEnv
@@ -163,9 +164,10 @@ def test_make_vec_wrappers_limit_and_the_vector_wrappers_that_work():
                         wrappers=[gym.wrappers.NormalizeReward])
     sync.reset(seed=0)
     V = gym.wrappers.vector
-    box = gym.spaces.Box(0, 1, (2, 3, P, P, P), np.float32)
+    three = gym.spaces.Box(0, 1, (3, P, P, P), np.float32)
     listed = {"RecordEpisodeStatistics": V.RecordEpisodeStatistics, "NormalizeObservation": V.NormalizeObservation,
-              "TransformObservation": lambda v: V.TransformObservation(v, lambda o: o[:, :3], box),
+              "TransformObservation": lambda v: V.TransformObservation(v, lambda o: o[:, :3], batch_space(three, 2),
+                                                                       single_observation_space=three),
               "DtypeObservation": lambda v: V.DtypeObservation(v, np.float16),
               "RescaleObservation": lambda v: V.RescaleObservation(v, -1.0, 1.0),
               "FlattenObservation": V.FlattenObservation, "NormalizeReward": V.NormalizeReward,

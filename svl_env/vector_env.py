@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from .noise import parse_noise
 from .render import render_frame
 from .reward import RewardWeights, counterfactual_rewards, objective, step_reward
 from .data.sources import make_source
+from .spaces import VoxelActions
 
 CHANNEL_NAMES = ("image", "mask", "annotation", "image_mean3", "mask_mean3", "time")
 _TAG_EPS = 30  # rng tag of the intensity actions' epsilon
@@ -61,8 +64,9 @@ class SVLDRLVectorEnv(VectorEnv):
     Observation (per env): ``Box(0, 1, (C, D, H, W), float32)``, channels ``CHANNEL_NAMES``:
     image (current intensities), mask (current state f_t), annotation (the given labels),
     3x3x3 means of image and mask, and time t / max_steps.
-    Action (per env): ``MultiDiscrete(np.full((D, H, W), K))``, one action per voxel from
-    ``action_names`` (see ``svl_env.dynamics``).
+    Action (per env): ``VoxelActions`` (a ``MultiDiscrete(np.full((D, H, W), K))``), one action
+    per voxel from ``action_names`` (see ``svl_env.dynamics``); K is ``num_actions``. Batched:
+    ``Box(0, K - 1, (B, D, H, W), int64)``, Gymnasium's ``batch_space`` of a MultiDiscrete.
     Reward (per env): the composite of ``svl_env.reward``; ``info["reward_map"]`` (B, D, H, W)
     sums to it exactly; ``info["action_rewards"]`` (B, K, D, H, W) with ``action_rewards=True``.
 
@@ -78,7 +82,8 @@ class SVLDRLVectorEnv(VectorEnv):
         reward_target: ``"clean"`` (truth; simulated-noise benchmark) or ``"annotation"``.
         initial_mask: ``"annotation"`` or ``"segmenter"``; default annotation for label
             actions, segmenter for intensity actions.
-        max_steps: truncation length (PixelRL's t_max = 5); ``max_episode_steps`` is an alias.
+        max_steps: truncation length (default 5, PixelRL's t_max); ``max_episode_steps`` is an
+            alias that ``max_steps`` overrides (``make_vec`` fills it from the registered spec).
         reward_weights: dict of ``RewardWeights`` fields (w_dice, w_cont, w_cc, w_tv).
         action_rewards: also return the counterfactual per-action rewards (label actions).
         device: torch device of all state tensors.
@@ -92,7 +97,7 @@ class SVLDRLVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, *, data="phantom", patch_size=32, noise=None, noise_ratio: float = 1.0,
                  action_set: str = "label", segmenter: torch.nn.Module | None = None,
-                 reward_target: str = "clean", initial_mask: str | None = None, max_steps: int = 5,
+                 reward_target: str = "clean", initial_mask: str | None = None, max_steps: int | None = None,
                  reward_weights=None, action_rewards: bool = False, device="cpu", return_tensors: bool = False,
                  render_mode: str | None = None, autoreset_mode=AutoresetMode.NEXT_STEP,
                  max_episode_steps: int | None = None, **data_options):
@@ -106,8 +111,8 @@ class SVLDRLVectorEnv(VectorEnv):
         if min(self.patch_shape) < min_patch:  # found now, not at the first reset
             raise ValueError(f"patch_size {self.patch_shape} is too small for {type(self.source).__name__} "
                              f"(at least {min_patch} voxels per axis)")
-        if max_episode_steps is not None:
-            max_steps = max_episode_steps
+        if max_steps is None:
+            max_steps = 5 if max_episode_steps is None else max_episode_steps
         if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         self.max_steps = int(max_steps)
@@ -165,7 +170,7 @@ class SVLDRLVectorEnv(VectorEnv):
                      memory.describe_batch(self.num_envs, self.patch_shape), "lower num_envs or patch_size",
                      self.device)
         self.single_observation_space = gym.spaces.Box(0.0, 1.0, (len(CHANNEL_NAMES), *self.patch_shape), np.float32)
-        self.single_action_space = gym.spaces.MultiDiscrete(np.full(self.patch_shape, k, dtype=np.int64))
+        self.single_action_space = VoxelActions(self.patch_shape, k)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
@@ -201,6 +206,18 @@ class SVLDRLVectorEnv(VectorEnv):
                 self._rngs[i] = seeding.np_random(seed[i])[0]
             elif self._rngs[i] is None:
                 self._rngs[i] = seeding.np_random()[0]
+        return self._start(mask)
+
+    def reset_from(self, generators) -> tuple:
+        """Reset every environment, env i drawing its episode key from ``generators[i]`` (a
+        ``np.random.Generator``, env i's own from then on): for a wrapper that owns the seeding,
+        as ``SVLDRLEnv`` passes Gymnasium's ``np_random``. Returns what ``reset`` returns."""
+        if len(generators) != self.num_envs:
+            raise ValueError(f"reset_from needs {self.num_envs} generators, got {len(generators)}")
+        self._rngs = list(generators)
+        return self._start(np.ones(self.num_envs, dtype=bool))
+
+    def _start(self, mask: np.ndarray) -> tuple:
         self._reset_rows(np.flatnonzero(mask))
         self._autoreset[mask] = False
         return self._out(self._observe(), fresh=True), self._info(self._metrics())
@@ -432,6 +449,28 @@ class SVLDRLVectorEnv(VectorEnv):
         return x if fresh else np.array(x, copy=True)
 
     # ---------------------------------------------------------------- helpers
+    @property
+    def num_actions(self) -> int:
+        """K, the number of actions per voxel (``len(action_names)``)."""
+        return len(self.action_names)
+
+    @property
+    def needs_reset(self) -> bool:
+        """True before the first ``reset`` and after ``close``."""
+        return self._state is None
+
+    _spec = None
+
+    @property
+    def spec(self):
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec) -> None:
+        # make_vec sets a copy of the registered spec (max_episode_steps=5) whatever length the
+        # env was given: the spec reports the env's own.
+        self._spec = None if spec is None else dataclasses.replace(spec, max_episode_steps=self.max_steps)
+
     def state_tensors(self) -> dict[str, torch.Tensor | None]:
         """The current batched state (tensors on ``device``; treat as read-only):
         image, image0, mask, annotation, truth (None if unknown), target, spacing, t, keys."""

@@ -30,7 +30,7 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.eval.benchmark import QUICK, builtin_agents
+    from agents.eval.benchmark import QUICK, QUICK_RUN_TIME, builtin_agents
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(builtin_agents())} "
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help=f"preset sized for ~15 min on 2 idle CPU cores, training included: all built-in agents, "
+                   help=f"preset that takes {QUICK_RUN_TIME}, training included: all built-in agents, "
                         f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
                         f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes "
                         f"(vA3C on {QUICK['train_config']['va3c']['num_envs']} envs per update), trained "

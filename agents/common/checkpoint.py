@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from svl_env.files import chmod_like_new_file
+
 FORMAT = "svl-drl-checkpoint"
 FORMAT_VERSION = 1
 
@@ -42,7 +44,8 @@ def atomic_write(path: Path, write_fn) -> Path:
 
     The temporary file is ``.NAME.XXXX.tmp`` next to ``path``; it is flushed to disk
     (``fsync``) before the rename, so after a crash or power loss ``path`` holds either the
-    old or the new content, never a mix. A process killed mid-write can leave the temporary
+    old or the new content, never a mix. The file gets the mode ``open()`` would give it (0644
+    under umask 022), not ``mkstemp``'s 0600. A process killed mid-write can leave the temporary
     file behind: :func:`remove_stale_temporaries` clears them (resume does).
     """
     path = Path(path)
@@ -53,6 +56,7 @@ def atomic_write(path: Path, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(Path(tmp))
+        chmod_like_new_file(tmp)  # mkstemp's 0600 would otherwise survive the rename
         try:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())

@@ -4,8 +4,14 @@ A policy maps a batch of observations to one action per voxel::
 
     actions = policy.act(obs, info, deterministic=True)
     # obs: (B, C, D, H, W) float32 (numpy or torch), channels env.channel_names
-    # info: the vector env's info dict (may be None); oracles read info["truth"]
+    # info: the vector env's info dict (may be None; refine passes None)
     # actions: (B, D, H, W) int64 numpy array, values in [0, K)
+
+The truth contract: the env's ``info`` never holds the truth. A policy that declares
+``uses_truth = True`` (the oracle upper bound) gets, from the benchmark and ``svl-drl evaluate``
+(``agents.eval.episodes.run_episodes``), a copy of ``info`` with ``info["truth"]`` added before
+every ``act`` call: (B, D, H, W) float32 numpy, 1 = foreground. Every other policy sees the
+env's info unchanged, so it cannot read the truth by accident.
 
 Optional methods: ``reset(num_envs)`` at episode start (recurrent policies), ``save(path)``
 and ``load(path)``. Subclass ``Policy`` or write any object with ``act`` -- the benchmark
@@ -24,7 +30,7 @@ class Policy:
     """Base class: override ``act``; ``name`` labels the policy in tables and plots."""
 
     name: str = "policy"
-    uses_truth: bool = False  # True only for the oracle: the benchmark then passes info["truth"]
+    uses_truth: bool = False  # True: run_episodes adds info["truth"] (B, D, H, W) before each act (module doc)
 
     def act(self, obs, info: dict | None = None, deterministic: bool = True) -> np.ndarray:
         raise NotImplementedError

@@ -19,6 +19,8 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from ..files import chmod_like_new_file
+
 __all__ = [
     "CHANNEL_RE",
     "Case",
@@ -120,6 +122,7 @@ def save_nifti_atomic(img, out_path: Path) -> Path:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        chmod_like_new_file(tmp)
         os.replace(tmp, out_path)
     except BaseException:
         try:

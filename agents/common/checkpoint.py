@@ -107,6 +107,16 @@ def all_or_nothing(out, what: str = "--out", prefix: str = ".staging-"):
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def resolve_checkpoint(path) -> Path:
+    """A run folder -> its ``checkpoint.pt``; a file -> itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    return p
+
+
 def remove_stale_temporaries(folder, name: str) -> list[Path]:
     """Delete ``.NAME.*.tmp`` files that :func:`atomic_write` left in ``folder`` when killed."""
     removed = []

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.common.checkpoint import check_dir_path, ensure_dir, load_checkpoint, resolve_checkpoint
+from agents.common.checkpoint import check_dir_path, ensure_dir, load_checkpoint, resolve_checkpoint, run_folder
 from agents.common.policy import env_dims
 from agents.common.runlog import MetricsCSV, TensorBoardLog, jsonable, write_json
 from agents.rllib.config import (MODULE_DEFAULTS, PPO_DEFAULTS, build_config, env_config_for, init_ray, require_ray,
@@ -293,11 +293,7 @@ def train_from_args(args) -> Path:
     runners = 2 if args.num_env_runners is None else int(args.num_env_runners)
     if runners < 0:
         raise ValueError(f"--num-env-runners must be >= 0, got {runners}")
-    if args.resume is not None and not Path(args.resume).exists():
-        raise FileNotFoundError(f"run to resume not found: {args.resume}")
-    out = Path(args.resume) if args.resume else Path(args.out)
-    if out.suffix == ".pt":
-        out = out.parent
+    out = run_folder(args.out, args.resume)
     kw = make_env_kwargs(args)
     # --device is the LEARNER's device here. RLlib's env runners keep episodes as numpy arrays,
     # so a CUDA env inside a runner would only add a device->host copy per step: the runners

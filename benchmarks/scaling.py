@@ -147,7 +147,7 @@ def _parallel(group, fn) -> list:
 
 
 def rllib_point(runners: int, args) -> dict:
-    from agents.rllib.train import build_config
+    from agents.rllib.config import build_config
 
     env_kwargs = dict(patch_size=args.patch, max_steps=5)
     cfg = build_config(env_kwargs, num_env_runners=runners, num_envs=args.envs_per_runner, seed=0,
@@ -271,7 +271,7 @@ def main(argv=None) -> str:
     if "a" not in args.skip:
         try:
             import ray  # noqa: F401
-            from agents.rllib.train import init_ray
+            from agents.rllib.config import init_ray
         except ImportError:
             parts.append('(a) skipped: Ray RLlib is not installed (pip install "svl-drl[rllib]")')
         else:

@@ -15,7 +15,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.staged.trainer import METHODS
+    from agents.staged.methods import METHODS
 
     p.add_argument("--data", required=True, metavar="DIR", help="Decathlon folder: imagesTr/ + noisy labelsTr/")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (refined labels, model, report)")

@@ -111,6 +111,27 @@ def all_or_nothing(out, what: str = "--out", prefix: str = ".staging-"):
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def resolve_checkpoint(path) -> Path:
+    """A run folder -> its ``checkpoint.pt``; a file -> itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    return p
+
+
+def run_folder(out, resume=None) -> Path:
+    """The folder a training call writes: the resumed run's (``resume`` a run folder or a file in
+    it) or ``out``. A ``resume`` that does not exist raises FileNotFoundError."""
+    if resume is None:
+        return Path(out)
+    p = Path(resume)
+    if not p.exists():
+        raise FileNotFoundError(f"run to resume not found: {resume}")
+    return p.parent if p.is_file() else p
+
+
 def remove_stale_temporaries(folder, name: str) -> list[Path]:
     """Delete ``.NAME.*.tmp`` files that :func:`atomic_write` left in ``folder`` when killed."""
     removed = []

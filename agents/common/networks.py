@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["make_backbone", "PolicyValueNet", "UNet3D", "DilatedFCN3D", "ConvGRU3D", "BACKBONES"]
+__all__ = ["make_backbone", "PolicyValueNet", "UNet3D", "DilatedFCN3D", "ConvGRU3D", "BACKBONES",
+           "keep_biased_policy_head", "PooledValueHead"]
 
 
 def _groups(ch: int) -> int:
@@ -183,6 +184,22 @@ class PolicyValueNet(nn.Module):
         logits = self.policy_head(pfeat)
         value = self.value_head(feat)[:, 0]
         return logits, value, hidden
+
+
+def keep_biased_policy_head(features: int, n_actions: int, keep_bias: float) -> nn.Sequential:
+    """Per-voxel policy head of the PPO baselines (SB3 and RLlib): (B, F, D, H, W) -> logits (B, K, D, H, W).
+
+    3x3x3 conv, ReLU, 1x1x1 conv; the last layer starts small with action 0 ("keep") biased by
+    ``keep_bias``: uniform logits would flip one voxel in four at random per step and wreck the
+    annotation before anything is learnt (p(keep) ~ 0.95 at 4.0).
+    """
+    head = nn.Sequential(nn.Conv3d(features, features, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv3d(features, n_actions, 1))
+    nn.init.normal_(head[-1].weight, std=1e-2)
+    with torch.no_grad():
+        head[-1].bias.zero_()
+        head[-1].bias[0] = keep_bias
+    return head
 
 
 class PooledValueHead(nn.Module):

@@ -47,17 +47,19 @@ def window_starts(shape, window, overlap: float) -> list[tuple[int, int, int]]:
 @torch.no_grad()
 def sliding_window(fn: Callable[[torch.Tensor, list[tuple[slice, slice, slice]]], torch.Tensor],
                    volumes: list[np.ndarray], *, window=DEFAULT_WINDOW, overlap: float = 0.25, batch_size: int = 2,
-                   out_channels: int = 1, device="cpu", pad_modes=None, progress=None) -> np.ndarray:
+                   out_channels: int = 1, device="cpu", pad_modes=None, progress=None,
+                   shrink: bool = True) -> np.ndarray:
     """Run ``fn`` over windows of a volume and average the outputs.
 
     volumes: list of (D, H, W) arrays (image first; masks, ...) cut at the same windows and
     stacked as channels: ``fn(x (N, len(volumes), *win), slices) -> (N, out_channels, *win)``.
     ``pad_modes``: per volume "edge" (default for the first) or "constant" (zeros; default
-    for the others). Returns the mean output (out_channels, D, H, W) float32.
+    for the others). ``shrink``: a window larger than the volume shrinks to it (a fully
+    convolutional ``fn``); False pads the volume to the window instead (a policy that acts on
+    the patch size it was trained on). Returns the mean output (out_channels, D, H, W) float32.
     """
     shape = volumes[0].shape
-    # the network is fully convolutional: a window never needs to exceed the volume
-    win = tuple(min(w, s) for w, s in zip(as_triple(window), shape))
+    win = tuple(min(w, s) for w, s in zip(as_triple(window), shape)) if shrink else as_triple(window)
     padded = tuple(max(s, w) for s, w in zip(shape, win))
     modes = list(pad_modes) if pad_modes is not None else ["edge"] + ["constant"] * (len(volumes) - 1)
     dev = torch.device(device)

@@ -1,8 +1,8 @@
 """Refine whole noisy label volumes with a trained voxel policy (sliding patches, blended).
 
 A policy is trained on patches (``patch_size`` of its env, 32^3 by default); a volume of any
-size is cut into overlapping patches on a regular grid (the last patch of each axis aligned
-to the volume's end; volumes smaller than a patch are padded). On every patch the policy runs
+size is cut into overlapping patches on a regular grid (``agents.common.windows``: the last
+patch of each axis aligned to the volume's end; volumes smaller than a patch are padded). On every patch the policy runs
 ``max_steps`` steps exactly as in the environment -- the observation is rebuilt from the
 patch's image, current mask and annotation with the env's channel definitions
 (``svl_env.CHANNEL_NAMES``), and actions are applied with the env's own dynamics
@@ -27,7 +27,7 @@ from svl_env import CHANNEL_NAMES
 from svl_env.dynamics import apply_label_actions, neighbourhood_mean
 from svl_env.data.nifti import list_nifti, nifti_stem
 
-from agents.common.windows import as_triple, grid_starts
+from agents.common.windows import as_triple, sliding_window, window_starts
 
 
 def observe(image: torch.Tensor, mask: torch.Tensor, annotation: torch.Tensor, t: int, max_steps: int) -> torch.Tensor:
@@ -64,38 +64,25 @@ def refine_volume(policy, image: np.ndarray, label: np.ndarray, *, patch_size=32
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     patch = as_triple(patch_size, 'patch size')
     dev = torch.device(device if device is not None else getattr(policy, "device", "cpu"))
-    shape = image.shape
-    # pad (edge for the image, zeros for the label) to at least one patch per axis
-    padded = tuple(max(s, p) for s, p in zip(shape, patch))
-    pad = [(0, ps - s) for s, ps in zip(shape, padded)]
-    img = torch.as_tensor(np.pad(image, pad, mode="edge") if any(p[1] for p in pad) else image, device=dev)
-    ann = torch.as_tensor(np.pad(label, pad).astype(np.float32), device=dev)
-    starts = [(a, b, c) for a in grid_starts(padded[0], patch[0], overlap)
-              for b in grid_starts(padded[1], patch[1], overlap)
-              for c in grid_starts(padded[2], patch[2], overlap)]
-    votes = torch.zeros(padded, device=dev)
-    counts = torch.zeros(padded, device=dev)
-    bar = tqdm(total=len(starts), desc=desc or "refine", unit="patch", disable=not progress, leave=False)
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i:i + batch_size]
-        sl = [(slice(a, a + patch[0]), slice(b, b + patch[1]), slice(c, c + patch[2])) for a, b, c in chunk]
-        im = torch.stack([img[s] for s in sl])
-        an = torch.stack([ann[s] for s in sl])
+
+    def run(x, _):
+        im, an = x[:, 0].contiguous(), x[:, 1].contiguous()
         mask = an.clone()
         if hasattr(policy, "reset"):
-            policy.reset(len(chunk))
+            policy.reset(x.shape[0])
         for t in range(max_steps):
-            obs = observe(im, mask, an, t, max_steps)
-            a = policy.act(obs, None, deterministic=True)
+            a = policy.act(observe(im, mask, an, t, max_steps), None, deterministic=True)
             mask = apply_label_actions(mask, torch.as_tensor(a, device=dev))
-        for j, s in enumerate(sl):
-            votes[s] += mask[j]
-            counts[s] += 1
-        bar.update(len(chunk))
-    bar.close()
-    mean = votes / counts.clamp_min(1)
-    out = torch.where(mean == 0.5, ann, (mean > 0.5).float())
-    return out[: shape[0], : shape[1], : shape[2]].bool().cpu().numpy()
+        return mask[:, None]
+
+    bar = tqdm(total=len(window_starts(image.shape, patch, overlap)), desc=desc or "refine", unit="patch",
+               disable=not progress, leave=False)
+    try:
+        mean = sliding_window(run, [image, label.astype(np.float32)], window=patch, overlap=overlap,
+                              batch_size=batch_size, device=dev, progress=bar, shrink=False)[0]
+    finally:
+        bar.close()
+    return np.where(mean == 0.5, label, mean > 0.5)
 
 
 def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:

@@ -1,7 +1,7 @@
 """RLlib pieces of the per-voxel PPO agent (new API stack): distribution, RLModule, callbacks.
 
-Imports Ray; ``agents.rllib.train`` (trainer, ``RLlibPolicy``) imports this module only when it
-trains, so a trained policy acts and loads without Ray.
+Imports Ray; ``agents.rllib.config.build_config`` imports this module only when it builds a
+training config, so a trained policy (``agents.rllib.policy``) acts and loads without Ray.
 
 ``VoxelCategorical`` -- one independent categorical per voxel as ONE batched
 ``torch.distributions.Categorical`` over (B, V, K) logits (V = D*H*W voxels, K actions).
@@ -13,7 +13,7 @@ leaves the clip range after any update at 32^3; the mean makes it the geometric 
 per-voxel ratios and ``entropy_coeff`` a per-voxel coefficient. ``VoxelCategoricalSum`` is the
 textbook joint distribution.
 
-``VoxelPPOModule`` -- ``TorchRLModule`` + ``ValueFunctionAPI`` around ``agents.rllib.train.VoxelPPONet``
+``VoxelPPOModule`` -- ``TorchRLModule`` + ``ValueFunctionAPI`` around ``agents.rllib.net.VoxelPPONet``
 (the shared backbone of ``agents.common.networks``, a per-voxel policy head and a pooled value head).
 RLlib's connectors hand the observation through unchanged: the default env-to-module pipeline
 batches and tensorises (no flattening connector is added unless configured), so the module
@@ -40,10 +40,11 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 import svl_env  # noqa: F401  registers "SVLDRL-v0" in every process that unpickles this module (env runners)
 
-from agents.rllib.train import VoxelPPONet, net_config_for
+from agents.common.distributions import VoxelTerms, batched_categorical, gumbel_max
+from agents.rllib.net import VoxelPPONet, net_config_for
 
 
-class VoxelCategorical(TorchDistribution):
+class VoxelCategorical(VoxelTerms, TorchDistribution):
     """Independent categorical per voxel.
 
     ``from_logits(logits)``: logits (B, K, D, H, W) (what the conv head emits; any number of
@@ -54,38 +55,25 @@ class VoxelCategorical(TorchDistribution):
     ``logp`` (RLlib's ``TorchDeterministic`` would return a (B, D, H, W) zero tensor).
     """
 
-    reduction = "mean"
-
     def __init__(self, logits: torch.Tensor, deterministic: bool = False):
         if logits.dim() < 3:
             raise ValueError(f"logits must be (B, K, *spatial), got {tuple(logits.shape)}")
         self.spatial_shape = tuple(logits.shape[2:])
         self.deterministic = bool(deterministic)
         self.raw_logits = logits
-        # (B, K, *S) -> (B, V, K): K last, the layout torch's Categorical batches over
-        flat = logits.flatten(2).transpose(1, 2)
-        super().__init__(logits=flat)
+        super().__init__(logits=logits)
 
     def _get_torch_distribution(self, logits: torch.Tensor) -> torch.distributions.Categorical:
-        # validate_args=False: the checks cost a full pass over B*V*K values per call.
-        return torch.distributions.Categorical(logits=logits, validate_args=False)
+        return batched_categorical(logits)
 
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(-1) if self.reduction == "mean" else x.sum(-1)
+    @property
+    def categorical(self) -> torch.distributions.Categorical:
+        return self._dist
 
     @property
     def log_probs(self) -> torch.Tensor:
         """Normalised per-voxel log-probabilities (B, V, K)."""
         return self._dist.logits
-
-    def logp_map(self, actions: torch.Tensor) -> torch.Tensor:
-        """log pi(a_v | s) per voxel, (B, V)."""
-        a = actions.reshape(actions.shape[0], -1).long()
-        return self._dist.logits.gather(-1, a.unsqueeze(-1)).squeeze(-1)
-
-    def entropy_map(self) -> torch.Tensor:
-        """Per-voxel entropy in nats, (B, V)."""
-        return self._dist.entropy()
 
     def logp(self, value: torch.Tensor, **kwargs) -> torch.Tensor:
         return self._reduce(self.logp_map(value))
@@ -104,9 +92,7 @@ class VoxelCategorical(TorchDistribution):
         if self.deterministic:
             a = lg.argmax(-1)
         else:
-            # Gumbel-max: an exact categorical sample, ~2x faster than multinomial over B*V rows.
-            u = torch.rand_like(lg).clamp_(1e-20, 1.0)
-            a = (lg - torch.log(-torch.log(u))).argmax(-1)
+            a = gumbel_max(lg, -1)
         return a.reshape(a.shape[0], *self.spatial_shape)
 
     def rsample(self, *, sample_shape=None, **kwargs):

@@ -39,19 +39,17 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch.distributions import Categorical
 
-from agents.common.networks import PooledValueHead, make_backbone
+from agents.common.distributions import REDUCTIONS, VoxelTerms, batched_categorical, gumbel_max
+from agents.common.networks import PooledValueHead, keep_biased_policy_head, make_backbone
 
-REDUCTIONS = ("mean", "sum")
-
-
-class VoxelCategorical(Distribution):
+class VoxelCategorical(VoxelTerms, Distribution):
     """Independent categorical per voxel; one batched Categorical over (B, V, K).
 
     ``proba_distribution(logits)`` takes (B, K, D, H, W) (what a conv head emits) or
     (B, V, K). Actions are (B, V) integers (any dtype; SB3's buffer hands back float32).
     ``log_prob``/``entropy`` return (B,): the per-voxel terms reduced by ``reduction``
     ("mean": joint / V, the default, see module doc; "sum": the exact joint).
-    ``log_prob_map``/``entropy_map`` return the unreduced (B, V) terms.
+    ``logp_map``/``entropy_map`` return the unreduced (B, V) terms.
     """
 
     def __init__(self, n_actions: int, reduction: str = "mean"):
@@ -63,48 +61,36 @@ class VoxelCategorical(Distribution):
         self.spatial_shape: tuple[int, ...] | None = None
         self.distribution: Categorical | None = None
 
+    @property
+    def categorical(self) -> Categorical:
+        return self.distribution
+
     def proba_distribution_net(self, latent_dim: int) -> nn.Module:
         """A 1x1x1 conv: per-voxel features (B, F, D, H, W) -> logits (B, K, D, H, W)."""
         return nn.Conv3d(latent_dim, self.n_actions, 1)
 
     def proba_distribution(self, action_logits: torch.Tensor) -> "VoxelCategorical":
         if action_logits.dim() == 5:
-            b, k = action_logits.shape[:2]
             self.spatial_shape = tuple(action_logits.shape[2:])
-            logits = action_logits.reshape(b, k, -1).transpose(1, 2)  # (B, V, K)
+            per_voxel = action_logits
         elif action_logits.dim() == 3:
-            logits, self.spatial_shape = action_logits, (action_logits.shape[1],)
+            self.spatial_shape = (action_logits.shape[1],)
+            per_voxel = action_logits.transpose(1, 2)  # (B, K, V)
         else:
             raise ValueError(f"logits must be (B, K, D, H, W) or (B, V, K), got {tuple(action_logits.shape)}")
-        if logits.shape[-1] != self.n_actions:
-            raise ValueError(f"expected {self.n_actions} logits per voxel, got {logits.shape[-1]}")
-        # validate_args=False: the constraint checks cost a full pass over B*V*K values per call.
-        self.distribution = Categorical(logits=logits, validate_args=False)
+        if per_voxel.shape[1] != self.n_actions:
+            raise ValueError(f"expected {self.n_actions} logits per voxel, got {per_voxel.shape[1]}")
+        self.distribution = batched_categorical(per_voxel)
         return self
 
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(-1) if self.reduction == "mean" else x.sum(-1)
-
-    def log_prob_map(self, actions: torch.Tensor) -> torch.Tensor:
-        """Per-voxel log pi(a_v | s), (B, V)."""
-        a = actions.reshape(actions.shape[0], -1).long()
-        return self.distribution.logits.gather(-1, a.unsqueeze(-1)).squeeze(-1)
-
-    def entropy_map(self) -> torch.Tensor:
-        """Per-voxel entropy in nats, (B, V)."""
-        return self.distribution.entropy()
-
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        return self._reduce(self.log_prob_map(actions))
+        return self._reduce(self.logp_map(actions))
 
     def entropy(self) -> torch.Tensor:
         return self._reduce(self.entropy_map())
 
     def sample(self) -> torch.Tensor:
-        # Gumbel-max: an exact categorical sample, ~2x faster than multinomial over B*V rows.
-        logits = self.distribution.logits
-        u = torch.rand_like(logits).clamp_(1e-20, 1.0)
-        return (logits - torch.log(-torch.log(u))).argmax(-1)
+        return gumbel_max(self.distribution.logits, -1)
 
     def mode(self) -> torch.Tensor:
         return self.distribution.logits.argmax(-1)
@@ -178,12 +164,7 @@ class VoxelActorCriticPolicy(ActorCriticPolicy):
         self.action_dist = VoxelCategorical(self.n_actions, self.reduction)
         self._build_mlp_extractor()  # identity (net_arch=[]), kept so SB3's forward paths work unchanged
         f = self.features_dim
-        self.action_net = nn.Sequential(nn.Conv3d(f, f, 3, padding=1), nn.ReLU(inplace=True),
-                                        self.action_dist.proba_distribution_net(f))
-        nn.init.normal_(self.action_net[-1].weight, std=1e-2)
-        with torch.no_grad():
-            self.action_net[-1].bias.zero_()
-            self.action_net[-1].bias[0] = self.keep_bias
+        self.action_net = keep_biased_policy_head(f, self.n_actions, self.keep_bias)
         self.value_net = PooledValueHead(f)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 

@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 
 from agents.common.budget import CLOCKS
 from agents.common.policy import Policy, as_tensor
-from agents.common.checkpoint import atomic_write, ensure_dir
+from agents.common.checkpoint import atomic_write, ensure_dir, run_folder
+from agents.common.runlog import write_json
 from agents.common.interrupt import graceful_sigint
 from agents.sb3.vec_env import SB3VecEnv
 from agents.sb3.policy import VoxelActorCriticPolicy
@@ -350,7 +351,7 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
                "clock": clock, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
                "note": TRUST_NOTE}
-        atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
+        write_json(run_dir / "config.json", cfg)
         model.set_logger(Logger(str(run_dir), [MetricsCSV(run_dir / "metrics.csv", append=resume_zip is not None),
                                                TensorBoardOutputFormat(str(run_dir))]))
     else:
@@ -402,7 +403,7 @@ def train_from_args(args: argparse.Namespace) -> Path:
     kw = make_env_kwargs(args)
     n_steps = DEFAULTS[algo]["n_steps"]
     timesteps = None if args.updates is None else args.updates * n_steps * args.num_envs
-    out = Path(args.resume) if args.resume else Path(args.out)
+    out = run_folder(args.out, args.resume)
     train_sb3(algo, kw, minutes=args.minutes, timesteps=timesteps, seed=args.seed, out=out,
               progress=not args.no_progress, num_envs=args.num_envs, resume=args.resume,
               checkpoint_every=args.checkpoint_every)

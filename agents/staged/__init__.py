@@ -1,7 +1,7 @@
 """The staged SVL-DRL pipeline for datasets that only have noisy labels.
 
 One network -- a shared 3D encoder with a segmentation, a value and a policy decoder
-(``model.StagedNet``) -- is trained in the paper's stages (``trainer``):
+(``model.StagedNet``) -- is trained in the paper's stages (``methods.svl_drl``):
 
     Warmup      L = L_dice                                   on the given labels
     Transition  L = (1 - λ) L_dice + λ L_value               + label-agent episodes (critic only)
@@ -20,17 +20,18 @@ Voxel agents act in ``svl_env.SVLDRLVectorEnv``: label agents (``label_refinemen
 agents (``intensity_agents``; the ``intensity`` action set with this network as segmenter). The
 reward is the environment's Dice + continuity composite against the given annotation (the
 label agents start from a fresh corruption of it by the environment's noise protocol) or the
-current training labels (intensity agents); clean labels are never read in training.
-Comparators with the same backbone and budget: ``noisy`` (plain training) and ``coteaching``
-(Han et al. 2018). ``pipeline.run_pipeline`` and ``svl-drl pipeline`` write refined labels, the
-model and a report; ``segment`` (``svl-drl segment``) applies the model to new images of any
-size.
+current training labels (intensity agents); clean labels are never read in training. Comparators
+with the same backbone and budget: ``noisy`` (plain training) and ``coteaching`` (Han et al.
+2018); ``methods.METHODS`` is the table of the three methods, ``harness`` what they share.
+``pipeline.run_pipeline`` and ``svl-drl pipeline`` write refined labels, the model and a report;
+``segment`` (``svl-drl segment``) applies the model to new images of any size.
 """
 
 from agents.staged.model import DEFAULT_MODEL, MonaiMissingError, StagedNet, make_model
 from agents.staged.pipeline import run_pipeline, score_masks
 from agents.staged.segment import predict_probability, segment_folder
-from agents.staged.trainer import DEFAULT_TRAIN, METHODS, STAGES, train
+from agents.staged.harness import DEFAULT_TRAIN
+from agents.staged.methods import METHODS, STAGES, train
 
 __all__ = ["StagedNet", "make_model", "DEFAULT_MODEL", "MonaiMissingError", "run_pipeline", "score_masks",
            "predict_probability", "segment_folder", "train", "METHODS", "STAGES", "DEFAULT_TRAIN"]

@@ -29,7 +29,8 @@ from agents.common.checkpoint import atomic_write, check_dir_path
 from agents.common.budget import Budget
 from agents.staged.checkpoint import MODEL_FILE, save_model
 from agents.staged.data import load_training_set
-from agents.staged.trainer import METHODS, STAGES, TrainResult, make_train_config, predict_training, train
+from agents.staged.harness import TrainResult, make_train_config, predict_training
+from agents.staged.methods import METHODS, STAGES, train
 
 __all__ = ["run_pipeline", "score_masks", "REPORT_FILE", "CURVES_FILE", "REFINED_DIR"]
 
@@ -110,7 +111,7 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     stages = parse_stages(stages)
-    if method != "svl-drl" and stages != STAGES:
+    if METHODS[method].stages is None and stages != STAGES:
         raise ValueError(f"--stages applies to the svl-drl method only (method {method!r} has a single stage)")
     if updates is None and minutes is None and cpu_minutes is None:
         minutes = 10.0

@@ -58,7 +58,8 @@ from agents.va3c.learner import Learner
 from agents.va3c.losses import a2c_segment_loss, label_candidates, supervised_loss
 from agents.va3c.memory import check_training_memory, estimate_training_bytes
 from agents.va3c.model import RewardMapConv, VA3CModel
-from agents.va3c.policy import VA3CPolicy, resolve_checkpoint
+from agents.common.checkpoint import resolve_checkpoint
+from agents.va3c.policy import VA3CPolicy
 from agents.va3c.run import VA3CRun
 from agents.va3c.train import run_training, train_from_args, train_va3c
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from agents.common.networks import PolicyValueNet
-from agents.va3c.model import _env_dims, _net_config
+from agents.common.policy import env_dims
+from agents.va3c.model import _net_config
 
 
 def activation_floats_per_voxel(net: nn.Module, in_channels: int) -> float:
@@ -60,7 +61,7 @@ def estimate_training_bytes(cfg: dict, env_kwargs: dict, net: nn.Module | None =
     from svl_env import memory
 
     patch, steps = _patch_and_steps(env_kwargs)
-    n_ch, n_act = _env_dims(env_kwargs)
+    n_ch, n_act = env_dims(env_kwargs)
     b = int(cfg["num_envs"])
     vox = float(np.prod(patch))
     t_graph = min(int(cfg["t_max"] or steps), steps)

@@ -1,4 +1,4 @@
-"""The trained vA3C policy under the project's ``Policy`` protocol, and checkpoint lookup."""
+"""The trained vA3C policy under the project's ``Policy`` protocol."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
+from agents.common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, resolve_checkpoint,
+                                      save_checkpoint)
 from agents.common.distributions import gumbel_sample
 from agents.common.networks import PolicyValueNet
-from agents.common.policy import Policy, as_tensor
+from agents.common.policy import Policy, as_tensor, env_dims
 from agents.va3c.config import KIND, make_config
-from agents.va3c.model import _env_dims, _init_net, build_net
+from agents.va3c.model import _init_net, build_net
 
 
 # --------------------------------------------------------------------------- the policy
@@ -38,7 +39,7 @@ class VA3CPolicy(Policy):
     def untrained(cls, env_kwargs: dict | None = None, seed: int = 0, device="cpu", **config) -> "VA3CPolicy":
         """The initial (random-weight) policy of a run with this seed and config."""
         cfg = make_config(**config)
-        n_ch, n_act = _env_dims(env_kwargs or {})
+        n_ch, n_act = env_dims(env_kwargs or {})
         net = _init_net(cfg, n_ch, n_act, seed)
         return cls(net, {"train": cfg, "net": net.config}, device=device, name="va3c-untrained")
 
@@ -85,13 +86,3 @@ class VA3CPolicy(Policy):
         load_state_dict_checked(net, ck["tensors"]["model"], where, "network weights")
         return cls(net, cfg, device=device)
 
-
-
-def resolve_checkpoint(path) -> Path:
-    """A run folder -> its ``checkpoint.pt``; a file -> itself."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoint.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    return p

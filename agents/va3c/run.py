@@ -14,15 +14,17 @@ from typing import Callable
 import torch
 
 from agents.common.budget import Budget, update_seed
-from agents.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, validate_state_dict
+from agents.common.checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint,
+                                      validate_state_dict)
 from agents.common.networks import PolicyValueNet
+from agents.common.policy import env_dims
 from agents.va3c.async_workers import _async_worker
 from agents.va3c.config import KIND, _PRIVATE_KEYS, make_config
 from agents.va3c.learner import (Learner, _check_optimizer_state, _jsonable_env_kwargs, load_optimizer_tensors,
                                  make_env, make_optimizer, optimizer_tensors, share_optimizer)
 from agents.va3c.memory import check_training_memory
-from agents.va3c.model import VA3CModel, _env_dims, _init_net, _net_config, build_net
-from agents.va3c.policy import VA3CPolicy, resolve_checkpoint
+from agents.va3c.model import VA3CModel, _init_net, _net_config, build_net
+from agents.va3c.policy import VA3CPolicy
 
 
 # --------------------------------------------------------------------------- training driver
@@ -47,7 +49,7 @@ class VA3CRun:
         from svl_env.vector_env import _device
 
         self.device = _device(self.env_kwargs.get("device", "cpu"))
-        n_ch, n_act = _env_dims(self.env_kwargs)
+        n_ch, n_act = env_dims(self.env_kwargs)
         self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
                                int(self.cfg["reward_conv_size"]))
         self.model.net.load_state_dict(_init_net(self.cfg, n_ch, n_act, self.seed).state_dict())

@@ -86,7 +86,7 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
 
     resume_dir = None
     if resume is not None:
-        from agents.va3c.run import resolve_checkpoint
+        from agents.common.checkpoint import resolve_checkpoint
 
         ck_path = resolve_checkpoint(resume)
         resume_dir = ck_path.parent

@@ -66,7 +66,7 @@ def test_va3c_sync_mode_keeps_the_loop_on_the_device(monkeypatch):
 
 def test_rllib_module_on_cuda():
     pytest.importorskip("ray.rllib")
-    from agents.rllib.train import VoxelPPONet
+    from agents.rllib.net import VoxelPPONet
     from agents.rllib.module import VoxelCategorical
 
     net = VoxelPPONet(6, 4, width=4, depth=1).cuda()

@@ -18,7 +18,7 @@ from torch.distributions import Categorical, kl_divergence
 from agents.common.policy import Policy
 from agents.common.checkpoint import CheckpointError, save_checkpoint
 from agents.cli import main
-from agents.rllib.train import INSTALL_HINT, RLlibPolicy, VoxelPPONet
+from agents.rllib import INSTALL_HINT, RLlibPolicy, VoxelPPONet
 
 ENV = dict(patch_size=8, max_steps=3)
 TINY = dict(width=4, depth=1)
@@ -132,7 +132,7 @@ def test_voxel_categorical_matches_per_voxel_reference():
 def ray_local():
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.rllib")
-    from agents.rllib.train import init_ray
+    from agents.rllib.config import init_ray
 
     started = init_ray(None, RUNNERS)
     yield ray

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from agents.common.checkpoint import (CheckpointError, atomic_write, load_checkpoint, load_state_dict_checked,
-                               remove_stale_temporaries)
+                                      remove_stale_temporaries, run_folder)
 from agents.va3c import Budget, VA3CRun, estimate_training_bytes
 from svl_env import SVLDRLVectorEnv, memory
 
@@ -199,6 +199,17 @@ def test_sb3_sigint_stops_cleanly_with_final_model(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- atomic writes / validation
+def test_run_folder_of_a_resumed_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.zip").write_text("x")
+    assert run_folder(tmp_path / "new") == tmp_path / "new"
+    assert run_folder(tmp_path / "new", run) == run  # --out is not used when resuming
+    assert run_folder(tmp_path / "new", run / "model.zip") == run  # a checkpoint file: its folder
+    with pytest.raises(FileNotFoundError, match="run to resume not found"):
+        run_folder(tmp_path / "new", tmp_path / "missing")
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     p = tmp_path / "summary.json"
     p.write_text("old")

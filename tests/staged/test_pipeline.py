@@ -263,7 +263,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_stage_weights_follow_the_paper():
     from agents.staged.losses import LossWeights, stage_weights
-    from agents.staged.trainer import make_train_config, stage_plan
+    from agents.staged.harness import make_train_config
+    from agents.staged.methods.svl_drl import stage_plan
 
     w = LossWeights(lambda_max=0.4, alpha=0.1, beta_max=0.2, beta_ramp=0.5)
     assert stage_weights("warmup", 0.7, w) == {"dice": 1.0, "value": 0.0, "policy": 0.0}
@@ -280,7 +281,7 @@ def test_stage_weights_follow_the_paper():
 
 
 def test_small_loss_selection_is_per_class():
-    from agents.staged.coteaching import small_loss_mask
+    from agents.staged.methods.coteaching import small_loss_mask
 
     label = torch.zeros(1, 1, 4, 4, 4)
     label[..., :1, :, :] = 1  # 16 foreground, 48 background voxels
@@ -300,7 +301,7 @@ def test_label_agent_losses_reach_the_encoder_only_when_asked(folder, encoder_gr
     from agents.staged.label_refinement import LabelAgentEpisodes
     from agents.staged.losses import seg_loss
     from agents.staged.model import make_model
-    from agents.staged.trainer import DEFAULT_TRAIN
+    from agents.staged.harness import DEFAULT_TRAIN
 
     assert DEFAULT_TRAIN["agent_encoder_grad"] is False
     data, _ = folder

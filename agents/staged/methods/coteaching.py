@@ -25,10 +25,11 @@ import torch
 
 from agents.common.budget import Budget, update_seed
 from agents.staged.data import TrainingSet
+from agents.staged.harness import Clock, Recorder, TrainResult, WeightEMA, dice_np, lr_at, predict_training
 from agents.staged.losses import seg_loss
 from agents.staged.model import make_model
 
-__all__ = ["small_loss_mask", "train_coteaching"]
+__all__ = ["small_loss_mask", "train"]
 
 
 @torch.no_grad()
@@ -55,18 +56,17 @@ def small_loss_mask(voxel_loss: torch.Tensor, label: torch.Tensor, drop: float) 
     return keep
 
 
-def train_coteaching(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, model_config: dict | None, device,
-                     progress: bool = True):
+def train(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, model_config: dict | None, device,
+          progress: bool = True, stages=None) -> TrainResult:
+    """Networks A and B over the whole budget (``stages`` is not used: one stage); the output is A."""
     from tqdm.auto import tqdm
-
-    from agents.staged.trainer import Clock, TrainResult, WeightEMA, _Recorder, _dice_np, _lr, predict_training
 
     mcfg = {**(model_config or {}), "agents": False}
     nets = [make_model(mcfg, seed=seed).to(device), make_model(mcfg, seed=seed + 7919).to(device)]
     opts = [torch.optim.Adam(n.parameters(), lr=cfg["lr"]) for n in nets]
     ema = WeightEMA(nets[0], cfg["ema"])  # the output network (A), averaged like every method's
     patch = (int(cfg["patch"]),) * 3
-    rec = _Recorder()
+    rec = Recorder()
     clock = Clock(budget)
     u = 0
     rec.open("coteaching", 0, 0, 0.0)
@@ -77,7 +77,7 @@ def train_coteaching(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, m
         p = clock.progress(u)
         if p >= 1.0:
             break
-        lr = _lr(cfg, p)
+        lr = lr_at(cfg, p)
         for o in opts:
             for g in o.param_groups:
                 g["lr"] = lr
@@ -107,7 +107,7 @@ def train_coteaching(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, m
         model.load_state_dict(ema.shadow)
     with clock.paused():
         pred = predict_training(model, ts, cfg, device)
-    rec.close(u, cpu_s, pred_vs_given_dice=float(np.mean([_dice_np(a, g) for a, g in zip(pred, ts.given)])),
+    rec.close(u, cpu_s, pred_vs_given_dice=float(np.mean([dice_np(a, g) for a, g in zip(pred, ts.given)])),
               forget_rate=float(cfg["forget_rate"]))
     model.eval()
     return TrainResult(model, pred, rec.entries, rec.curves, u, cpu_s, wall_s,

@@ -1,0 +1,48 @@
+"""The staged pipeline's methods behind one table: ``METHODS`` maps a name (``svl-drl pipeline
+--method``) to its ``Method``. Every method trains the same backbone on the same budget and has
+``train(ts, *, budget, seed, stages, cfg, model_config, device, progress) -> TrainResult``.
+
+- ``svl-drl`` (default): the paper's staged framework (``svl_drl``).
+- ``noisy``: plain training on the given labels (``noisy``).
+- ``coteaching``: Han et al. 2018 for segmentation, two networks sharing the budget (``coteaching``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from agents.common.budget import Budget
+from agents.staged.data import TrainingSet
+from agents.staged.harness import TrainResult, make_train_config
+from agents.staged.methods import coteaching, noisy, svl_drl
+from agents.staged.methods.svl_drl import STAGES
+
+__all__ = ["METHODS", "STAGES", "Method", "train"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: its ``train`` and the stages ``--stages`` may pick from (None: one stage)."""
+
+    train: Callable[..., TrainResult]
+    stages: tuple[str, ...] | None = None
+
+
+METHODS: dict[str, Method] = {
+    "svl-drl": Method(svl_drl.train, STAGES),
+    "noisy": Method(noisy.train),
+    "coteaching": Method(coteaching.train),
+}
+
+
+def train(method: str, ts: TrainingSet, *, budget: Budget, seed: int = 0, stages=STAGES, config: dict | None = None,
+          model_config: dict | None = None, device="cpu", progress: bool = True) -> TrainResult:
+    """Train ``method`` on the training set within ``budget``. Never reads anything but ``ts``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    cfg = make_train_config(**(config or {}))
+    return METHODS[method].train(ts, budget=budget, seed=seed, stages=stages, cfg=cfg, model_config=model_config,
+                                 device=torch.device(device), progress=progress)

@@ -26,7 +26,7 @@ from .dynamics import (ACTION_SETS, apply_intensity_actions, box_sum, label_cand
                        mean_from_box, neighbourhood_mean, segment)
 from .noise import parse_noise
 from .render import render_frame
-from .reward import RewardWeights, counterfactual_rewards, objective, step_reward
+from .reward import RewardWeights, continuity_cost, counterfactual_rewards, objective, step_reward
 from .data.sources import make_source
 from .spaces import VoxelActions
 
@@ -409,7 +409,7 @@ class SVLDRLVectorEnv(VectorEnv):
     def _metrics(self) -> dict[str, torch.Tensor]:
         s, obj, w = self._state, self._obj, self.weights
         out = {"dice": obj.dice, "iou": obj.tp / (obj.n_pred + obj.n_target - obj.tp).clamp_min(1e-12),
-               "continuity": w.w_cc * obj.fragmentation() + w.w_tv * obj.tv / M.surface_norm(self.patch_shape),
+               "continuity": continuity_cost(obj, w, M.surface_norm(self.patch_shape)),
                "n_components": obj.n_cc, "corrupted": s["corrupted"], "t": s["t"]}
         out["iou"] = torch.where(obj.n_pred + obj.n_target > 0, out["iou"], torch.ones_like(out["iou"]))
         if s["truth"] is not None:

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from .config import EnvConfig
 from .vector_env import SVLDRLVectorEnv, StepBeforeResetError
 
 
@@ -19,10 +20,15 @@ class SVLDRLEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
-    def __init__(self, render_mode: str | None = None, **kwargs):
+    def __init__(self, render_mode: str | None = None, *, config: EnvConfig | None = None, **kwargs):
         kwargs.pop("autoreset_mode", None)
-        self._vec = SVLDRLVectorEnv(1, render_mode=render_mode, autoreset_mode=AutoresetMode.DISABLED, **kwargs)
-        self.render_mode = render_mode
+        if config is not None:  # the vector env takes a config or keywords: this env's settings go into it
+            kwargs["config"] = config.replace(autoreset_mode=AutoresetMode.DISABLED,
+                                              render_mode=render_mode or config.render_mode)
+        else:
+            kwargs.update(render_mode=render_mode, autoreset_mode=AutoresetMode.DISABLED)
+        self._vec = SVLDRLVectorEnv(1, **kwargs)
+        self.render_mode = self._vec.render_mode
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
         self._needs_reset = True
@@ -33,6 +39,7 @@ class SVLDRLEnv(gym.Env):
     patch_shape = property(lambda self: self._vec.patch_shape)
     max_steps = property(lambda self: self._vec.max_steps)
     device = property(lambda self: self._vec.device)
+    config = property(lambda self: self._vec.config)
     vector_env = property(lambda self: self._vec)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

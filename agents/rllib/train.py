@@ -59,14 +59,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from gymnasium.vector import AutoresetMode
 
 from agents.common.policy import Policy, as_tensor
 from agents.common.checkpoint import (check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
                          save_checkpoint)
-from agents.common.runlog import MetricsCSV, TensorBoardLog, jsonable, write_json
+from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
 from agents.common.networks import PooledValueHead, make_backbone
-from agents.va3c.model import _env_dims  # same env dims as vA3C
 from agents.va3c.policy import resolve_checkpoint  # same run-folder layout as vA3C
+from svl_env import EnvConfig
 
 KIND = "rllib-ppo"
 INSTALL_HINT = 'Ray RLlib is not installed: pip install "svl-drl[rllib]"'
@@ -223,17 +224,14 @@ class RLlibPolicy(Policy):
 
 
 # --------------------------------------------------------------------------- config
-def env_config_for(env_kwargs: dict) -> dict:
-    """The ``env_config`` RLlib hands to ``gym.make_vec``: numpy outputs, NEXT_STEP autoreset
-    (RLlib's runners convert and reset themselves), JSON-like values (pickled to every runner)."""
-    kw = dict(env_kwargs)
-    if kw.get("return_tensors"):
+def runner_env(env_kwargs: EnvConfig | dict) -> EnvConfig:
+    """The env RLlib's runners step: numpy outputs, NEXT_STEP autoreset (RLlib's runners convert
+    and reset themselves), no rendering. Its ``to_kwargs()`` is the ``env_config`` RLlib hands
+    to ``gym.make_vec`` (pickled to every runner)."""
+    env = EnvConfig.from_any(env_kwargs)
+    if env.return_tensors:
         raise ValueError("RLlib env runners need numpy outputs (return_tensors=False)")
-    for key in ("return_tensors", "autoreset_mode", "render_mode"):
-        kw.pop(key, None)
-    if isinstance(kw.get("patch_size"), list):
-        kw["patch_size"] = tuple(kw["patch_size"])
-    return kw
+    return env.replace(autoreset_mode=AutoresetMode.NEXT_STEP, render_mode=None)
 
 
 def split_options(options: dict) -> tuple[dict, dict, int | None]:
@@ -253,7 +251,7 @@ def split_options(options: dict) -> tuple[dict, dict, int | None]:
     return ppo, model, train_batch
 
 
-def build_config(env_kwargs: dict, *, num_env_runners: int = 2, num_envs: int = 4, seed: int = 0,
+def build_config(env_kwargs: EnvConfig | dict, *, num_env_runners: int = 2, num_envs: int = 4, seed: int = 0,
                  num_gpus_per_learner: float | None = None, sample_timeout_s: float = 600.0, **options):
     """A ``PPOConfig`` (RLlib new API stack) for ``SVLDRL-v0`` with the per-voxel module.
 
@@ -279,18 +277,18 @@ def build_config(env_kwargs: dict, *, num_env_runners: int = 2, num_envs: int = 
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     ppo, model, train_batch = split_options(options)
-    env_config = env_config_for(env_kwargs)
-    max_steps = int(env_config.get("max_steps", env_config.get("max_episode_steps") or 5))
+    env = runner_env(env_kwargs)
+    max_steps = env.episode_steps
     runners = max(int(num_env_runners), 1)
     if train_batch is None:
         train_batch = runners * int(num_envs) * max_steps  # one episode from every env per iteration
     ppo["minibatch_size"] = min(int(ppo["minibatch_size"]), train_batch)
-    cuda = str(env_config.get("device", "cpu")).startswith("cuda")
+    cuda = str(env.device).startswith("cuda")
     gpus = (1 if cuda else 0) if num_gpus_per_learner is None else num_gpus_per_learner
 
     config = (
         PPOConfig()
-        .environment(ENV_ID, env_config=env_config)
+        .environment(ENV_ID, env_config=env.to_kwargs())
         .framework("torch")
         .env_runners(
             num_env_runners=int(num_env_runners),
@@ -440,7 +438,7 @@ def set_net(algo, net: VoxelPPONet) -> None:
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
-def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float | None = None,
+def train_rllib(env_kwargs: EnvConfig | dict, *, updates: int | None = None, minutes: float | None = None,
                 num_env_runners: int = 2, num_envs: int = 4, address: str | None = None, seed: int = 0,
                 out=None, resume=None, checkpoint_every: int | None = 50, progress: bool = True,
                 tensorboard: bool = True, on_iteration=None, num_gpus_per_learner: float | None = None,
@@ -473,8 +471,8 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if updates is None and minutes is None:
         updates = DEFAULT_UPDATES
-    env_kwargs = dict(env_kwargs)
-    validate_env(env_kwargs)  # options and data, before Ray starts or the run folder is touched
+    env = runner_env(env_kwargs)
+    validate_env(env)  # options and data, before Ray starts or the run folder is touched
     start_net, start_iter = None, 0
     if resume is not None:
         ck = load_checkpoint(resolve_checkpoint(resume), KIND)
@@ -484,16 +482,15 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
             out = ck["path"].parent
     if out is not None:
         check_dir_path(out, "--out")  # named now; created only once Ray is up (no partial output)
-    config = build_config(env_kwargs, num_env_runners=num_env_runners, num_envs=num_envs, seed=seed,
+    config = build_config(env, num_env_runners=num_env_runners, num_envs=num_envs, seed=seed,
                           num_gpus_per_learner=num_gpus_per_learner, **options)
-    n_ch, n_act = _env_dims(env_kwargs)
+    n_ch, n_act = env.num_channels, env.num_actions
     _, model_cfg, _ = split_options(options)
     net_config = net_config_for(n_ch, n_act, **model_cfg)
     if start_net is not None and start_net.config != net_config:
         raise ValueError(f"{resume}: the checkpoint's network {start_net.config} differs from the requested {net_config}")
-    patch = env_config_for(env_kwargs).get("patch_size", 32)
-    n_vox = int(np.prod(patch if isinstance(patch, tuple) else (patch,) * 3))
-    ckpt_config = {"net": net_config, "env": jsonable(env_config_for(env_kwargs)),
+    n_vox = int(np.prod(env.patch_shape))
+    ckpt_config = {"net": net_config, "env": env.to_json(strict=False),
                    "module": {k: model_cfg[k] for k in MODULE_DEFAULTS}}
     started = init_ray(address, num_env_runners)
     algo = None
@@ -593,7 +590,7 @@ def train_from_args(args) -> Path:
     ``--num-env-runners`` Ray actors (default 2); ``--address`` an existing cluster.
     """
     require_ray()  # before anything else: the one-line install hint, exit status 2
-    from agents.cli.envargs import check_train_budget_args, env_kwargs as make_env_kwargs
+    from agents.cli.envargs import check_train_budget_args, env_config
 
     check_train_budget_args(args, "rllib-ppo scales with --num-env-runners")
     runners = 2 if args.num_env_runners is None else int(args.num_env_runners)
@@ -604,15 +601,12 @@ def train_from_args(args) -> Path:
     out = Path(args.resume) if args.resume else Path(args.out)
     if out.suffix == ".pt":
         out = out.parent
-    kw = make_env_kwargs(args)
+    env = env_config(args)
     # --device is the LEARNER's device here. RLlib's env runners keep episodes as numpy arrays,
     # so a CUDA env inside a runner would only add a device->host copy per step: the runners
     # step CPU environments and the GPU does the PPO update (the costly part, see README).
-    from svl_env.vector_env import _device
-
-    learner_gpus = 1 if _device(kw.get("device", "cpu")).type == "cuda" else 0
-    kw["device"] = "cpu"
-    train_rllib(kw, updates=args.updates, minutes=args.minutes, num_env_runners=runners,
+    learner_gpus = 1 if env.torch_device.type == "cuda" else 0
+    train_rllib(env.replace(device="cpu"), updates=args.updates, minutes=args.minutes, num_env_runners=runners,
                 num_envs=args.num_envs, address=args.address, seed=args.seed, out=out, resume=args.resume,
                 checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                 num_gpus_per_learner=learner_gpus)

@@ -66,12 +66,6 @@ def build_net(net_config: dict, where) -> PolicyValueNet:
 
 
 
-def _env_dims(env_kwargs: dict) -> tuple[int, int]:
-    from svl_env import ACTION_SETS, CHANNEL_NAMES
-
-    return len(CHANNEL_NAMES), len(ACTION_SETS[env_kwargs.get("action_set", "label")])
-
-
 def _init_net(cfg: dict, in_channels: int, n_actions: int, seed: int) -> PolicyValueNet:
     """The network of a run: weights from ``seed`` (global RNG untouched), keep-biased policy."""
     with torch.random.fork_rng(devices=[]):

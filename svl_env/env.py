@@ -23,6 +23,7 @@ class SVLDRLEnv(gym.Env):
     def __init__(self, render_mode: str | None = None, *, config: EnvConfig | None = None, **kwargs):
         kwargs.pop("autoreset_mode", None)
         if config is not None:  # the vector env takes a config or keywords: this env's settings go into it
+            config = EnvConfig.from_any(config)
             kwargs["config"] = config.replace(autoreset_mode=AutoresetMode.DISABLED,
                                               render_mode=render_mode or config.render_mode)
         else:

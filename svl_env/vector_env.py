@@ -84,11 +84,10 @@ class SVLDRLVectorEnv(VectorEnv):
                             action_rewards=action_rewards, device=device, return_tensors=return_tensors,
                             render_mode=render_mode, autoreset_mode=autoreset_mode,
                             max_episode_steps=max_episode_steps, data_options=data_options)
-        if config is None:
-            config = options
-        elif options.to_kwargs():
+        if config is not None and options.to_kwargs():
             raise TypeError(f"pass the env options in config= or as keywords, not both (got config= and "
                             f"{sorted(options.to_kwargs())}); config.replace(...) makes a changed copy")
+        config = options if config is None else EnvConfig.from_any(config)
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         self.config = config.validate()

@@ -187,7 +187,8 @@ def test_config_or_keywords_and_the_single_env():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_steps = 3
     with pytest.raises(TypeError, match="EnvConfig or a dict"):
-        EnvConfig.from_any(["patch_size"])
+        SVLDRLVectorEnv(1, config=["patch_size"])
+    assert SVLDRLEnv(config={"patch_size": 8}).config.patch_size == 8
 
 
 def test_a_va3c_checkpoint_holding_an_old_env_dict_resumes_and_loads(tmp_path):

@@ -8,6 +8,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import make as _gym_make
 from gymnasium.vector import AutoresetMode
 
+from .config import EnvConfig
 from .vector_env import SVLDRLVectorEnv, StepBeforeResetError
 
 
@@ -22,13 +23,21 @@ class SVLDRLEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
-    def __init__(self, render_mode: str | None = None, **kwargs):
+    def __init__(self, render_mode: str | None = None, *, config: EnvConfig | None = None, **kwargs):
         kwargs.pop("autoreset_mode", None)
-        limit = _make_time_limit()
-        if limit is not None and "max_steps" not in kwargs and "max_episode_steps" not in kwargs:
-            kwargs["max_steps"] = limit
-        self._vec = SVLDRLVectorEnv(1, render_mode=render_mode, autoreset_mode=AutoresetMode.DISABLED, **kwargs)
-        self.render_mode = render_mode
+        limit = _make_time_limit()  # gym.make's max_episode_steps, which it hands only to its TimeLimit
+        if config is not None:  # the vector env takes a config or keywords: this env's settings go into it
+            config = EnvConfig.from_any(config)
+            if limit is not None and config.max_steps is None and config.max_episode_steps is None:
+                config = config.replace(max_steps=limit)
+            kwargs["config"] = config.replace(autoreset_mode=AutoresetMode.DISABLED,
+                                              render_mode=render_mode or config.render_mode)
+        else:
+            if limit is not None and "max_steps" not in kwargs and "max_episode_steps" not in kwargs:
+                kwargs["max_steps"] = limit
+            kwargs.update(render_mode=render_mode, autoreset_mode=AutoresetMode.DISABLED)
+        self._vec = SVLDRLVectorEnv(1, **kwargs)
+        self.render_mode = self._vec.render_mode
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
 
@@ -39,6 +48,7 @@ class SVLDRLEnv(gym.Env):
     max_steps = property(lambda self: self._vec.max_steps)
     num_actions = property(lambda self: self._vec.num_actions)
     device = property(lambda self: self._vec.device)
+    config = property(lambda self: self._vec.config)
     vector_env = property(lambda self: self._vec)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

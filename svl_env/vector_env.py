@@ -22,40 +22,20 @@ from gymnasium.vector.utils import batch_space
 from . import memory
 from . import metrics as M
 from . import rng
-from .dynamics import (ACTION_SETS, apply_intensity_actions, box_sum, label_candidates, label_step, majority_from_box,
+from .config import CHANNEL_NAMES, RENDER_MODES, EnvConfig
+from .dynamics import (apply_intensity_actions, box_sum, label_candidates, label_step, majority_from_box,
                        mean_from_box, neighbourhood_mean, segment)
 from .noise import parse_noise
 from .render import render_frame
-from .reward import RewardWeights, continuity_cost, counterfactual_rewards, objective, step_reward
+from .reward import continuity_cost, counterfactual_rewards, objective, step_reward
 from .data.sources import make_source
 from .spaces import VoxelActions
 
-CHANNEL_NAMES = ("image", "mask", "annotation", "image_mean3", "mask_mean3", "time")
 _TAG_EPS = 30  # rng tag of the intensity actions' epsilon
 
 
 class StepBeforeResetError(ValueError, gym.error.ResetNeeded):
     """``step`` was called before the first ``reset``."""
-
-
-def _patch_shape(patch_size) -> tuple[int, int, int]:
-    shape = (patch_size,) * 3 if isinstance(patch_size, (int, np.integer)) else tuple(int(s) for s in patch_size)
-    if len(shape) != 3 or min(shape) < 2:
-        raise ValueError(f"patch_size must be an int or 3 ints >= 2, got {patch_size!r}")
-    return shape
-
-
-def _device(device) -> torch.device:
-    """A usable torch device, or ValueError naming the problem (not a later CUDA assertion)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r} is not a torch device (expected e.g. cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return dev
 
 
 class SVLDRLVectorEnv(VectorEnv):
@@ -91,76 +71,69 @@ class SVLDRLVectorEnv(VectorEnv):
         autoreset_mode: ``AutoresetMode`` NEXT_STEP (default), SAME_STEP or DISABLED.
         **data_options: passed to the source (phantom: families, modalities; folder:
             labels="clean"|"noisy", label_value, modality, fg_prob).
+        config: an ``svl_env.EnvConfig`` holding the options above, instead of them (passing
+            both is a TypeError). Either way the env keeps its options as ``env.config``.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 2, "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 2, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, *, data="phantom", patch_size=32, noise=None, noise_ratio: float = 1.0,
                  action_set: str = "label", segmenter: torch.nn.Module | None = None,
                  reward_target: str = "clean", initial_mask: str | None = None, max_steps: int | None = None,
                  reward_weights=None, action_rewards: bool = False, device="cpu", return_tensors: bool = False,
                  render_mode: str | None = None, autoreset_mode=AutoresetMode.NEXT_STEP,
-                 max_episode_steps: int | None = None, **data_options):
+                 max_episode_steps: int | None = None, config: EnvConfig | None = None, **data_options):
+        options = EnvConfig(data=data, patch_size=patch_size, noise=noise, noise_ratio=noise_ratio,
+                            action_set=action_set, segmenter=segmenter, reward_target=reward_target,
+                            initial_mask=initial_mask, max_steps=max_steps, reward_weights=reward_weights,
+                            action_rewards=action_rewards, device=device, return_tensors=return_tensors,
+                            render_mode=render_mode, autoreset_mode=autoreset_mode,
+                            max_episode_steps=max_episode_steps, data_options=data_options)
+        if config is not None:
+            given = options.to_kwargs()
+            # make_vec passes the registered spec's max_episode_steps along with any config= : an
+            # alias, used only where the config sets no max_steps of its own
+            alias = given.pop("max_episode_steps", None)
+            if given:
+                raise TypeError(f"pass the env options in config= or as keywords, not both (got config= and "
+                                f"{sorted(given)}); config.replace(...) makes a changed copy")
+            config = EnvConfig.from_any(config)
+            if alias is not None and config.max_steps is None and config.max_episode_steps is None:
+                config = config.replace(max_episode_steps=alias)
+        config = options if config is None else config
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        self.config = config.validate()
         self.num_envs = int(num_envs)
-        self.device = _device(device)
-        self.patch_shape = _patch_shape(patch_size)
-        self.source = make_source(data, **data_options)
+        self.device = config.torch_device
+        self.patch_shape = config.patch_shape
+        self.source = make_source(config.data, **config.data_options)
         min_patch = int(getattr(self.source, "min_patch_size", 2))
         if min(self.patch_shape) < min_patch:  # found now, not at the first reset
             raise ValueError(f"patch_size {self.patch_shape} is too small for {type(self.source).__name__} "
                              f"(at least {min_patch} voxels per axis)")
-        if max_steps is None:
-            max_steps = 5 if max_episode_steps is None else max_episode_steps
-        if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-        self.max_steps = int(max_steps)
-
-        if action_set not in ACTION_SETS:
-            raise ValueError(f"unknown action_set {action_set!r}; valid: {list(ACTION_SETS)}")
-        self.action_set = action_set
-        self.action_names = ACTION_SETS[action_set]
-        if action_set == "intensity" and segmenter is None:
-            raise ValueError("action_set='intensity' needs a segmenter (a torch module: image -> logits)")
-        if segmenter is not None and not callable(segmenter):
-            raise ValueError(f"segmenter must be a callable torch module, got {type(segmenter).__name__}")
-        self.segmenter = segmenter
-        if initial_mask is None:
-            initial_mask = "segmenter" if action_set == "intensity" else "annotation"
-        if initial_mask not in ("annotation", "segmenter"):
-            raise ValueError(f"initial_mask must be 'annotation' or 'segmenter', got {initial_mask!r}")
-        if initial_mask == "segmenter" and segmenter is None:
-            raise ValueError("initial_mask='segmenter' needs a segmenter")
-        self.initial_mask = initial_mask
-        if action_rewards and action_set != "label":
-            raise ValueError("action_rewards=True needs action_set='label' (the reward decomposes per voxel only there)")
-        self.action_rewards = bool(action_rewards)
-
-        if reward_target not in ("clean", "annotation"):
-            raise ValueError(f"reward_target must be 'clean' or 'annotation', got {reward_target!r}")
-        if reward_target == "clean" and not self.source.has_truth:
+        self.max_steps = config.episode_steps
+        self.action_set = config.action_set
+        self.action_names = config.action_names
+        self.segmenter = config.segmenter
+        self.initial_mask = config.resolved_initial_mask
+        self.action_rewards = bool(config.action_rewards)
+        self.reward_target = config.reward_target
+        if self.reward_target == "clean" and not self.source.has_truth:
             raise ValueError("reward_target='clean' needs the truth, but this data carries only (noisy) annotations; "
                              "use reward_target='annotation'")
-        self.reward_target = reward_target
-        self.weights = RewardWeights.from_any(reward_weights)
-
+        self.weights = config.weights
+        noise = config.noise
         if noise is None:
             noise = "mt" if self.source.has_truth and not self.source.has_annotation else "none"
         self.noise = parse_noise(noise)
-        if not 0.0 <= float(noise_ratio) <= 1.0:
-            raise ValueError(f"noise_ratio must be in [0, 1], got {noise_ratio!r}")
-        self.noise_ratio = float(noise_ratio)
+        self.noise_ratio = float(config.noise_ratio)
         if self.source.has_annotation and self.noise.name != "none":
             raise ValueError("this data already carries noisy annotations; use noise='none'")
-
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.render_mode = render_mode
-        self.autoreset_mode = AutoresetMode(autoreset_mode) if not isinstance(autoreset_mode, AutoresetMode) \
-            else autoreset_mode
+        self.render_mode = config.render_mode
+        self.autoreset_mode = config.autoreset
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
-        self.return_tensors = bool(return_tensors)
+        self.return_tensors = bool(config.return_tensors)
 
         self.channel_names = CHANNEL_NAMES
         k = len(self.action_names)

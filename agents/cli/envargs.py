@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from svl_env import EnvConfig
+
 
 def add_env_arguments(parser: argparse.ArgumentParser, *, default_noise: str | None = None) -> None:
     g = parser.add_argument_group("environment")
@@ -24,8 +26,14 @@ def add_env_arguments(parser: argparse.ArgumentParser, *, default_noise: str | N
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
 
+def env_config(args: argparse.Namespace) -> EnvConfig:
+    """The environment the parsed options describe."""
+    return EnvConfig.from_kwargs(**env_kwargs(args))
+
+
 def env_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments for ``SVLDRLVectorEnv`` / ``gym.make("SVLDRL-v0", ...)`` from parsed args."""
+    """The options the command line gives, as ``SVLDRLVectorEnv`` / ``gym.make("SVLDRL-v0", ...)``
+    keyword arguments (plain values: what a registered agent's ``train(env_kwargs=...)`` gets)."""
     patch = args.patch_size[0] if len(args.patch_size) == 1 else tuple(args.patch_size)
     if len(args.patch_size) not in (1, 3):
         raise ValueError(f"--patch-size takes one or three integers, got {len(args.patch_size)}")
@@ -40,7 +48,7 @@ def env_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
-def validate_env(env_kwargs: dict) -> None:
+def validate_env(env: EnvConfig | dict) -> None:
     """Check an environment configuration completely before a long job starts: the options
     (by building a one-env ``SVLDRLVectorEnv``) and, for a NIfTI folder, every case (each file is
     read once and released). Raises the env's own errors (ValueError, FileNotFoundError,
@@ -51,13 +59,11 @@ def validate_env(env_kwargs: dict) -> None:
 
     from svl_env import SVLDRLVectorEnv
 
-    kw = {k: v for k, v in env_kwargs.items() if k not in ("autoreset_mode", "return_tensors", "action_rewards")}
-    if isinstance(kw.get("patch_size"), list):
-        kw["patch_size"] = tuple(kw["patch_size"])
-    data = kw.get("data", "phantom")
-    if isinstance(data, (str, Path)) and str(data) != "phantom":
-        kw["cache"] = False  # read each case once to validate it, without keeping the volumes
-    env = SVLDRLVectorEnv(1, autoreset_mode=AutoresetMode.DISABLED, **kw)
+    cfg = EnvConfig.from_any(env).replace(autoreset_mode=AutoresetMode.DISABLED, return_tensors=False,
+                                          action_rewards=False)
+    if isinstance(cfg.data, (str, Path)) and str(cfg.data) != "phantom":
+        cfg = cfg.replace(cache=False)  # read each case once to validate it, without keeping the volumes
+    env = SVLDRLVectorEnv(1, config=cfg)
     try:
         cases = getattr(env.source, "cases", None)
         if hasattr(cases, "validate"):  # a Decathlon folder: read (and release) every case once

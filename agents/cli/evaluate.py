@@ -18,7 +18,8 @@ import argparse
 from pathlib import Path
 
 from agents import registry
-from agents.cli.envargs import add_env_arguments, env_kwargs
+from agents.cli.envargs import add_env_arguments, env_config
+from svl_env import EnvConfig
 
 METRICS = ("dice", "iou", "hd95", "asd", "continuity")
 
@@ -50,23 +51,21 @@ def run(args: argparse.Namespace) -> int:
     check_dir_path(args.out, "--out")  # before the episodes run, not after
     policy, _ = registry.load_policy(args.checkpoint, args.device)
     # the env the policy was trained on (tensor-only checkpoints record it; SB3 zips do not)
-    trained_env = (getattr(policy, "config", None) or {}).get("env", {}) or {}
+    trained = EnvConfig.from_json((getattr(policy, "config", None) or {}).get("env", {}) or {})
     if args.patch_size is None:
-        ps = trained_env.get("patch_size", 32)
-        args.patch_size = list(ps) if isinstance(ps, (list, tuple)) else [ps]
+        ps = trained.patch_size
+        args.patch_size = list(ps) if isinstance(ps, tuple) else [ps]
     if args.max_steps is None:
-        args.max_steps = int(trained_env.get("max_steps", 5))
-    if args.noise is None and args.data == trained_env.get("data", "phantom"):
-        args.noise = trained_env.get("noise")
-    kw = env_kwargs(args)
-    if "action_set" in trained_env:
-        kw["action_set"] = trained_env["action_set"]
-    records, curve = run_episodes(policy, kw, args.episodes, args.seed, batch_size=args.batch_size,
+        args.max_steps = trained.episode_steps
+    if args.noise is None and args.data == trained.data:
+        args.noise = trained.noise
+    env = env_config(args).replace(action_set=trained.action_set)
+    records, curve = run_episodes(policy, env, args.episodes, args.seed, batch_size=args.batch_size,
                                   progress=not args.no_progress, desc="evaluate")
     out = Path(args.out)
     write_per_case_csv(records, out / "per_case.csv")
     summary = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed,
-               "env": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()},
+               "env": env.to_json(strict=False),
                "refined": {}, "annotation": {}, "dice_curve": [float(x) for x in curve.mean(0)]}
     for m in METRICS:
         for key, col in (("refined", m), ("annotation", f"{m}_annotation")):

@@ -53,10 +53,3 @@ def as_tensor(obs, device="cpu") -> torch.Tensor:
 def channel(obs, name: str, channel_names) -> torch.Tensor | np.ndarray:
     """One named channel of an observation batch: (B, C, D, H, W) -> (B, D, H, W)."""
     return obs[:, list(channel_names).index(name)]
-
-
-def env_dims(env_kwargs: dict) -> tuple[int, int]:
-    """(observation channels C, actions per voxel K) of the env these keyword arguments build."""
-    from svl_env import ACTION_SETS, CHANNEL_NAMES
-
-    return len(CHANNEL_NAMES), len(ACTION_SETS[env_kwargs.get("action_set", "label")])

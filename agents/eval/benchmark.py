@@ -46,6 +46,7 @@ from agents import registry
 from agents.eval.leaderboard import leaderboard_from_per_case, write_leaderboard
 from agents.eval.plots import mask_dice, plot_dice_steps, plot_metrics, plot_overlay
 from agents.heuristics import HEURISTICS, make_heuristic
+from svl_env import EnvConfig
 
 #: the default rows: the heuristics, then the default learned agents of ``agents.registry``
 DEFAULT_AGENTS = ("identity", "random", "majority", "opening", "closing", "intensity", "oracle",
@@ -203,7 +204,8 @@ def _policy_name(p) -> str:
 
 
 # ------------------------------------------------------------------------- run
-def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT_AGENTS, env_kwargs: dict | None = None,
+def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT_AGENTS,
+        env_kwargs: EnvConfig | dict | None = None,
         episodes: int = 32, seed: int = 0, out="runs/benchmark", train_minutes: float | dict | None = None,
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
         workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1) -> dict:
@@ -213,7 +215,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     Args:
         policies: extra policy objects (anything with ``act``; ``name`` labels it).
         agents: built-in names (``builtin_agents()``), a list or a comma-separated string.
-        env_kwargs: ``SVLDRLVectorEnv`` keyword arguments (need the truth: phantom default).
+        env_kwargs: ``SVLDRLVectorEnv`` keyword arguments or an ``EnvConfig`` (need the truth:
+            phantom default).
         episodes, seed: episode i is the env reset with seed ``seed + i``.
         train_minutes: budget per learned agent without a checkpoint: one number for all or
             {name: minutes}; required when a learned agent must be trained.
@@ -231,7 +234,9 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     "metrics_png", "dice_steps_png", "overlays": [paths], "out"}.
     """
     t_start = time.perf_counter()
-    env_kwargs = dict(env_kwargs or {})
+    env = EnvConfig.from_any(env_kwargs)
+    # what the caller asked for: the trainers' env_kwargs and the leaderboard's note
+    env_kwargs = env.to_kwargs() if isinstance(env_kwargs, EnvConfig) else dict(env_kwargs or {})
     if isinstance(agents, str):
         agents = [a.strip() for a in agents.split(",") if a.strip()]
     agents = list(agents or [])
@@ -266,8 +271,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     out.mkdir(parents=True, exist_ok=True)
     # Fail on a bad environment before spending minutes on training; the evaluation env's
     # source remembers its volumes, so the policies after the first skip phantom generation.
-    eval_kwargs = E.memo_env_kwargs(env_kwargs)
-    if not eval_kwargs["data"].has_truth:
+    eval_env = E.memo_env_config(env)
+    if not eval_env.data.has_truth:
         raise ValueError("the benchmark scores against the truth: it needs phantoms or a folder with --labels clean")
 
     # ---- build the policy list (train first: evaluation then runs back to back)
@@ -283,11 +288,11 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             label = registry.get_agent(a).label
             if a in trained:
                 path, used = trained[a]
-                pol = load_learned(a, path, device=env_kwargs.get("device", "cpu"))
+                pol = load_learned(a, path, device=env.device)
                 training[label] = {"minutes_budget": budgets[a], "clock": clock, "minutes_used": round(used, 2),
                                        "run": str(out / "runs" / a), "trained_alongside": len(trained) - 1}
             elif a in checkpoints:
-                pol = load_learned(a, checkpoints[a], device=env_kwargs.get("device", "cpu"))
+                pol = load_learned(a, checkpoints[a], device=env.device)
                 training[label] = {"checkpoint": str(checkpoints[a])}
             else:
                 t0 = time.perf_counter()
@@ -316,7 +321,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     t_eval = time.perf_counter()
     for pol, name in zip(tqdm(built, desc="benchmark", disable=not progress), names):
         sink: dict = {}
-        recs, curve = E.run_episodes(pol, eval_kwargs, episodes, seed, batch_size=batch_size, progress=progress,
+        recs, curve = E.run_episodes(pol, eval_env, episodes, seed, batch_size=batch_size, progress=progress,
                                      desc=f"eval {name}", masks_sink=sink, mask_episodes=keep)
         records += recs
         curves[name] = curve
@@ -337,8 +342,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         for ep in chosen:
             case = {n: masks[n][ep] for n in names if ep in masks[n]}
             overlay_paths.append(plot_overlay(case, ep, out / "overlays" / f"episode_{ep:03d}.png"))
-    meta = {"env_kwargs": {k: str(v) if not isinstance(v, (int, float, str, bool, type(None), list, tuple)) else v
-                           for k, v in env_kwargs.items()},
+    meta = {"env_kwargs": env.to_json(strict=False),
             "episodes": episodes, "seed": seed, "train_seed": seed + TRAIN_SEED_OFFSET, "policies": names,
             "training": training, "eval_seconds": round(eval_seconds, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1), "host": platform.node(),

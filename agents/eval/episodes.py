@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import inspect
 import json
 import math
 import time
@@ -19,7 +18,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
-from svl_env import SVLDRLVectorEnv
+from svl_env import EnvConfig, SVLDRLVectorEnv
 from svl_env import metrics as M
 
 PER_CASE_FIELDS = ("policy", "episode", "case", "corrupted", "dice", "iou", "hd95", "asd", "continuity",
@@ -64,20 +63,18 @@ class MemoSource:
                                              if getattr(batch, f) is not None}, names=list(batch.names))
 
 
-def memo_env_kwargs(env_kwargs: dict) -> dict:
-    """``env_kwargs`` whose data source remembers its samples (``MemoSource``): pass the result
+def memo_env_config(env: EnvConfig | dict) -> EnvConfig:
+    """``env`` with a data source that remembers its samples (``MemoSource``): pass the result
     to every ``run_episodes`` call that should share volumes. Data options (phantom families,
     folder labels, ...) are resolved into the source here."""
-    params = set(inspect.signature(SVLDRLVectorEnv.__init__).parameters) - {"self", "data_options", "num_envs"}
-    env_kw = {k: v for k, v in env_kwargs.items() if k in params}
-    probe = SVLDRLVectorEnv(1, **env_kwargs)  # builds the source exactly as the env would (and validates)
+    cfg = EnvConfig.from_any(env)
+    probe = SVLDRLVectorEnv(1, config=cfg)  # builds the source exactly as the env would (and validates)
     source = probe.source
     probe.close()
-    env_kw["data"] = source if isinstance(source, MemoSource) else MemoSource(source)
-    return env_kw
+    return cfg.replace(data=source if isinstance(source, MemoSource) else MemoSource(source), data_options={})
 
 
-def run_episodes(policy, env_kwargs: dict, episodes: int, seed: int, *, batch_size: int = 8,
+def run_episodes(policy, env_kwargs: EnvConfig | dict, episodes: int, seed: int, *, batch_size: int = 8,
                  progress: bool = True, desc: str | None = None, masks_sink: dict | None = None,
                  mask_episodes=()) -> tuple[list[dict], np.ndarray]:
     """Roll ``policy`` over ``episodes`` seeded episodes.
@@ -96,7 +93,8 @@ def run_episodes(policy, env_kwargs: dict, episodes: int, seed: int, *, batch_si
     wanted = set(int(e) for e in mask_episodes) if masks_sink is not None else set()
     name = getattr(policy, "name", type(policy).__name__)
     n_env = max(1, min(batch_size, episodes))
-    env = SVLDRLVectorEnv(n_env, autoreset_mode=AutoresetMode.DISABLED, **env_kwargs)
+    env = SVLDRLVectorEnv(n_env, config=EnvConfig.from_any(env_kwargs).replace(
+        autoreset_mode=AutoresetMode.DISABLED))
     if env.source.has_truth is False:
         raise ValueError("evaluation against the truth needs data with clean labels (phantom or --labels clean)")
     records, curves = [], []

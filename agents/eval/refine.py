@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from svl_env import CHANNEL_NAMES
+from svl_env import CHANNEL_NAMES, EnvConfig
 from svl_env.dynamics import apply_label_actions, neighbourhood_mean
 from svl_env.data.nifti import list_nifti, nifti_stem
 
@@ -102,14 +102,14 @@ def pair_files(images_dir, labels_dir) -> list[tuple[str, Path, Path]]:
 
 def load_policy(checkpoint, device="cpu"):
     """A trained label-action policy (any agent in ``agents.registry``) and its training env
-    settings (patch size, max_steps; empty when the file does not record them)."""
+    (an ``EnvConfig``; the defaults when the file does not record it)."""
     from agents import registry
 
     pol, _ = registry.load_policy(checkpoint, device=device)
-    env = (getattr(pol, "config", None) or {}).get("env", {}) or {}
-    if env.get("action_set", "label") != "label":
+    env = EnvConfig.from_json((getattr(pol, "config", None) or {}).get("env", {}) or {})
+    if env.action_set != "label":
         raise ValueError(f"{checkpoint}: refine needs a policy trained with label actions, "
-                         f"this one uses {env.get('action_set')!r}")
+                         f"this one uses {env.action_set!r}")
     return pol, env
 
 
@@ -152,8 +152,8 @@ def refine_folder(checkpoint, images, labels, out, *, patch_size=None, max_steps
     pairs = pair_files(images, labels)
     out = Path(out)
     check_output_paths(out, pairs, images, labels)
-    patch = patch_size if patch_size is not None else env.get("patch_size", 32)
-    steps = int(max_steps if max_steps is not None else env.get("max_steps", 5))
+    patch = patch_size if patch_size is not None else env.patch_size
+    steps = int(max_steps if max_steps is not None else env.episode_steps)
     value = 1 if label_value is None else int(label_value)
     with all_or_nothing(out, "--out", prefix=".refine-staging-") as staging:
         for name, ip, lp in tqdm(pairs, desc="cases", unit="case", disable=not progress):

@@ -1,12 +1,15 @@
 """RLlib's side of ``rllib-ppo``: the ``PPOConfig`` of ``SVLDRL-v0`` with the per-voxel module, the
-runners' ``env_config``, option defaults, and connecting to (or starting) Ray. Ray is imported only
+runners' env, option defaults, and connecting to (or starting) Ray. Ray is imported only
 when a config is built or Ray is started."""
 
 from __future__ import annotations
 
 import os
 
+from gymnasium.vector import AutoresetMode
+
 from agents.rllib.net import NET_DEFAULTS
+from svl_env import EnvConfig
 
 INSTALL_HINT = 'Ray RLlib is not installed: pip install "svl-drl[rllib]"'
 ENV_ID = "SVLDRL-v0"
@@ -32,17 +35,14 @@ def require_ray():
     return ray
 
 
-def env_config_for(env_kwargs: dict) -> dict:
-    """The ``env_config`` RLlib hands to ``gym.make_vec``: numpy outputs, NEXT_STEP autoreset
-    (RLlib's runners convert and reset themselves), JSON-like values (pickled to every runner)."""
-    kw = dict(env_kwargs)
-    if kw.get("return_tensors"):
+def runner_env(env_kwargs: EnvConfig | dict) -> EnvConfig:
+    """The env RLlib's runners step: numpy outputs, NEXT_STEP autoreset (RLlib's runners convert
+    and reset themselves), no rendering. Its ``to_kwargs()`` is the ``env_config`` RLlib hands
+    to ``gym.make_vec`` (pickled to every runner)."""
+    env = EnvConfig.from_any(env_kwargs)
+    if env.return_tensors:
         raise ValueError("RLlib env runners need numpy outputs (return_tensors=False)")
-    for key in ("return_tensors", "autoreset_mode", "render_mode"):
-        kw.pop(key, None)
-    if isinstance(kw.get("patch_size"), list):
-        kw["patch_size"] = tuple(kw["patch_size"])
-    return kw
+    return env.replace(autoreset_mode=AutoresetMode.NEXT_STEP, render_mode=None)
 
 
 def split_options(options: dict) -> tuple[dict, dict, int | None]:
@@ -62,7 +62,7 @@ def split_options(options: dict) -> tuple[dict, dict, int | None]:
     return ppo, model, train_batch
 
 
-def build_config(env_kwargs: dict, *, num_env_runners: int = 2, num_envs: int = 4, seed: int = 0,
+def build_config(env_kwargs: EnvConfig | dict, *, num_env_runners: int = 2, num_envs: int = 4, seed: int = 0,
                  num_gpus_per_learner: float | None = None, sample_timeout_s: float = 600.0, **options):
     """A ``PPOConfig`` (RLlib new API stack) for ``SVLDRL-v0`` with the per-voxel module.
 
@@ -88,18 +88,18 @@ def build_config(env_kwargs: dict, *, num_env_runners: int = 2, num_envs: int = 
     if int(num_envs) < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     ppo, model, train_batch = split_options(options)
-    env_config = env_config_for(env_kwargs)
-    max_steps = int(env_config.get("max_steps", env_config.get("max_episode_steps") or 5))
+    env = runner_env(env_kwargs)
+    max_steps = env.episode_steps
     runners = max(int(num_env_runners), 1)
     if train_batch is None:
         train_batch = runners * int(num_envs) * max_steps  # one episode from every env per iteration
     ppo["minibatch_size"] = min(int(ppo["minibatch_size"]), train_batch)
-    cuda = str(env_config.get("device", "cpu")).startswith("cuda")
+    cuda = str(env.device).startswith("cuda")
     gpus = (1 if cuda else 0) if num_gpus_per_learner is None else num_gpus_per_learner
 
     config = (
         PPOConfig()
-        .environment(ENV_ID, env_config=env_config)
+        .environment(ENV_ID, env_config=env.to_kwargs())
         .framework("torch")
         .env_runners(
             num_env_runners=int(num_env_runners),

@@ -59,12 +59,12 @@ import numpy as np
 import torch
 
 from agents.common.checkpoint import check_dir_path, ensure_dir, load_checkpoint, resolve_checkpoint, run_folder
-from agents.common.policy import env_dims
-from agents.common.runlog import MetricsCSV, TensorBoardLog, jsonable, write_json
-from agents.rllib.config import (MODULE_DEFAULTS, PPO_DEFAULTS, build_config, env_config_for, init_ray, require_ray,
+from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
+from agents.rllib.config import (MODULE_DEFAULTS, PPO_DEFAULTS, build_config, init_ray, require_ray, runner_env,
                                  split_options)
 from agents.rllib.net import VoxelPPONet, net_config_for
 from agents.rllib.policy import KIND, RLlibPolicy
+from svl_env import EnvConfig
 
 DEFAULT_UPDATES = 200
 
@@ -133,7 +133,7 @@ def set_net(algo, net: VoxelPPONet) -> None:
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
-def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float | None = None,
+def train_rllib(env_kwargs: EnvConfig | dict, *, updates: int | None = None, minutes: float | None = None,
                 num_env_runners: int = 2, num_envs: int = 4, address: str | None = None, seed: int = 0,
                 out=None, resume=None, checkpoint_every: int | None = 50, progress: bool = True,
                 tensorboard: bool = True, on_iteration=None, num_gpus_per_learner: float | None = None,
@@ -166,8 +166,8 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if updates is None and minutes is None:
         updates = DEFAULT_UPDATES
-    env_kwargs = dict(env_kwargs)
-    validate_env(env_kwargs)  # options and data, before Ray starts or the run folder is touched
+    env = runner_env(env_kwargs)
+    validate_env(env)  # options and data, before Ray starts or the run folder is touched
     start_net, start_iter = None, 0
     if resume is not None:
         ck = load_checkpoint(resolve_checkpoint(resume), KIND)
@@ -177,17 +177,16 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
             out = ck["path"].parent
     if out is not None:
         check_dir_path(out, "--out")  # named now; created only once Ray is up (no partial output)
-    config = build_config(env_kwargs, num_env_runners=num_env_runners, num_envs=num_envs, seed=seed,
+    config = build_config(env, num_env_runners=num_env_runners, num_envs=num_envs, seed=seed,
                           num_gpus_per_learner=num_gpus_per_learner, **options)
-    n_ch, n_act = env_dims(env_kwargs)
+    n_ch, n_act = env.num_channels, env.num_actions
     _, model_cfg, _ = split_options(options)
     net_config = net_config_for(n_ch, n_act, **model_cfg)
     if start_net is not None and start_net.config != net_config:
         raise ValueError(f"{resume}: the checkpoint's network {start_net.config} differs from the requested "
                          f"{net_config}")
-    patch = env_config_for(env_kwargs).get("patch_size", 32)
-    n_vox = int(np.prod(patch if isinstance(patch, tuple) else (patch,) * 3))
-    ckpt_config = {"net": net_config, "env": jsonable(env_config_for(env_kwargs)),
+    n_vox = int(np.prod(env.patch_shape))
+    ckpt_config = {"net": net_config, "env": env.to_json(strict=False),
                    "module": {k: model_cfg[k] for k in MODULE_DEFAULTS}}
     started = init_ray(address, num_env_runners)
     algo = None
@@ -287,22 +286,19 @@ def train_from_args(args) -> Path:
     ``--num-env-runners`` Ray actors (default 2); ``--address`` an existing cluster.
     """
     require_ray()  # before anything else: the one-line install hint, exit status 2
-    from agents.cli.envargs import check_train_budget_args, env_kwargs as make_env_kwargs
+    from agents.cli.envargs import check_train_budget_args, env_config
 
     check_train_budget_args(args, "rllib-ppo scales with --num-env-runners")
     runners = 2 if args.num_env_runners is None else int(args.num_env_runners)
     if runners < 0:
         raise ValueError(f"--num-env-runners must be >= 0, got {runners}")
     out = run_folder(args.out, args.resume)
-    kw = make_env_kwargs(args)
+    env = env_config(args)
     # --device is the LEARNER's device here. RLlib's env runners keep episodes as numpy arrays,
     # so a CUDA env inside a runner would only add a device->host copy per step: the runners
     # step CPU environments and the GPU does the PPO update (the costly part, see README).
-    from svl_env.vector_env import _device
-
-    learner_gpus = 1 if _device(kw.get("device", "cpu")).type == "cuda" else 0
-    kw["device"] = "cpu"
-    train_rllib(kw, updates=args.updates, minutes=args.minutes, num_env_runners=runners,
+    learner_gpus = 1 if env.torch_device.type == "cuda" else 0
+    train_rllib(env.replace(device="cpu"), updates=args.updates, minutes=args.minutes, num_env_runners=runners,
                 num_envs=args.num_envs, address=args.address, seed=args.seed, out=out, resume=args.resume,
                 checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                 num_gpus_per_learner=learner_gpus)

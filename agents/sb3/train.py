@@ -48,6 +48,7 @@ from agents.common.runlog import write_json
 from agents.common.interrupt import graceful_sigint
 from agents.sb3.vec_env import SB3VecEnv
 from agents.sb3.policy import VoxelActorCriticPolicy
+from svl_env import EnvConfig
 
 ALGOS = {"ppo": PPO, "a2c": A2C}
 POLICY_KEYS = ("backbone", "width", "depth", "keep_bias", "reduction")
@@ -279,14 +280,15 @@ def split_config(algo: str, config: dict) -> tuple[dict, dict]:
     return algo_kw, pol_kw
 
 
-def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, timesteps: int | None = None,
-              cpu_minutes: float | None = None, seed: int = 0, out=None, progress: bool = True, num_envs: int = 8,
-              resume=None, checkpoint_every: int | None = 50, obs_dtype=np.float32, **config) -> SB3Policy:
+def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None = None,
+              timesteps: int | None = None, cpu_minutes: float | None = None, seed: int = 0, out=None,
+              progress: bool = True, num_envs: int = 8, resume=None, checkpoint_every: int | None = 50,
+              obs_dtype=np.float32, **config) -> SB3Policy:
     """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
 
     Args:
         algo: "ppo" or "a2c".
-        env_kwargs: ``SVLDRLVectorEnv`` keyword arguments (data, patch_size, noise, ...).
+        env_kwargs: ``SVLDRLVectorEnv`` keyword arguments (data, patch_size, noise, ...) or an ``EnvConfig``.
         minutes / timesteps: budget (wall clock, env steps = n_envs x steps); both None ->
             ``DEFAULT_UPDATES`` updates. With both, whichever ends first.
         cpu_minutes: instead of ``minutes``, a budget of this process's CPU time ("5 minutes
@@ -312,19 +314,19 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
     minutes = cpu_minutes if cpu_minutes is not None else minutes
     if timesteps is not None and int(timesteps) < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    env_kwargs = dict(env_kwargs)
-    device = str(env_kwargs.get("device", "cpu"))
+    env = EnvConfig.from_any(env_kwargs)
+    device = str(env.device)
     resume_zip = _resume_zip(resume) if resume is not None else None
     if resume_zip is not None:
         detect_algo(resume_zip)  # a damaged zip is named before anything is written
     from agents.cli.envargs import validate_env
 
-    validate_env(env_kwargs)  # options and every case of a data folder, before the run folder is touched
+    validate_env(env)  # options and every case of a data folder, before the run folder is touched
     if out is None and resume_zip is not None:
         out = resume_zip.parent
     run_dir = Path(out) if out is not None else None
 
-    venv = SB3VecEnv(env_kwargs, num_envs, obs_dtype=obs_dtype)
+    venv = SB3VecEnv(env, num_envs, obs_dtype=obs_dtype)
     n_steps = int(algo_kw["n_steps"])
     if timesteps is None and minutes is None:
         timesteps = DEFAULT_UPDATES * n_steps * venv.num_envs
@@ -346,7 +348,7 @@ def train_sb3(algo: str, env_kwargs: dict, *, minutes: float | None = None, time
                             verbose=0, **algo_kw)
     if run_dir is not None:
         ensure_dir(run_dir, "--out")
-        cfg = {"agent": algo, "env_kwargs": _jsonable(env_kwargs), "seed": seed, "num_envs": venv.num_envs,
+        cfg = {"agent": algo, "env_kwargs": env.to_json(strict=False), "seed": seed, "num_envs": venv.num_envs,
                "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes,
                "clock": clock, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
@@ -396,15 +398,15 @@ def train_from_args(args: argparse.Namespace) -> Path:
     ``--resume RUN`` continues RUN (its model.zip: the last checkpoint) into the same folder.
     SB3 zips contain pickles: resume only runs from a trusted source.
     """
-    from agents.cli.envargs import check_train_budget_args, env_kwargs as make_env_kwargs
+    from agents.cli.envargs import check_train_budget_args, env_config
 
     algo = args.agent
     check_train_budget_args(args, "PPO/A2C step one batched environment")
-    kw = make_env_kwargs(args)
+    env = env_config(args)
     n_steps = DEFAULTS[algo]["n_steps"]
     timesteps = None if args.updates is None else args.updates * n_steps * args.num_envs
     out = run_folder(args.out, args.resume)
-    train_sb3(algo, kw, minutes=args.minutes, timesteps=timesteps, seed=args.seed, out=out,
+    train_sb3(algo, env, minutes=args.minutes, timesteps=timesteps, seed=args.seed, out=out,
               progress=not args.no_progress, num_envs=args.num_envs, resume=args.resume,
               checkpoint_every=args.checkpoint_every)
     return out

@@ -32,7 +32,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from svl_env import SVLDRLVectorEnv
+from svl_env import EnvConfig, SVLDRLVectorEnv
 from svl_env.render import render_frame
 
 # info entries that are (n,) scalars per env and are copied into SB3's per-env info dicts
@@ -43,8 +43,8 @@ class SB3VecEnv(VecEnv):
     """stable-baselines3 ``VecEnv`` over ``SVLDRLVectorEnv`` (SAME_STEP autoreset).
 
     Args:
-        env_kwargs: keyword arguments of ``SVLDRLVectorEnv`` (data, patch_size, noise, ...),
-            used when ``env`` is not given.
+        env_kwargs: keyword arguments of ``SVLDRLVectorEnv`` (data, patch_size, noise, ...) or an
+            ``EnvConfig``, used when ``env`` is not given.
         num_envs: number of environments n.
         env: an existing ``SVLDRLVectorEnv`` in ``AutoresetMode.SAME_STEP`` (numpy outputs).
         obs_dtype: dtype of observations handed to SB3 (float32, or float16 to halve the
@@ -55,14 +55,13 @@ class SB3VecEnv(VecEnv):
     rewards (n,) float32, dones (n,) bool, infos (list of n dicts).
     """
 
-    def __init__(self, env_kwargs: dict | None = None, num_envs: int = 8, *, env: SVLDRLVectorEnv | None = None,
-                 obs_dtype=np.float32):
+    def __init__(self, env_kwargs: EnvConfig | dict | None = None, num_envs: int = 8, *,
+                 env: SVLDRLVectorEnv | None = None, obs_dtype=np.float32):
         if env is None:
-            kw = dict(env_kwargs or {})
-            if kw.get("return_tensors"):
+            cfg = EnvConfig.from_any(env_kwargs)
+            if cfg.return_tensors:
                 raise ValueError("SB3VecEnv needs numpy outputs (return_tensors=False)")
-            kw.pop("autoreset_mode", None)
-            env = SVLDRLVectorEnv(num_envs, autoreset_mode=AutoresetMode.SAME_STEP, **kw)
+            env = SVLDRLVectorEnv(num_envs, config=cfg.replace(autoreset_mode=AutoresetMode.SAME_STEP))
         elif env.autoreset_mode != AutoresetMode.SAME_STEP or env.return_tensors:
             raise ValueError("SB3VecEnv needs an SVLDRLVectorEnv with autoreset_mode=SAME_STEP and numpy outputs")
         self.venv = env

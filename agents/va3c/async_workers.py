@@ -13,7 +13,7 @@ from agents.common.budget import Budget, update_seed
 from agents.va3c.learner import Learner, make_env, make_optimizer
 
 
-def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates, deadline, budget_s, elapsed0,
+def _async_worker(wid, model, shared_state, cfg, env, seed, total_updates, deadline, budget_s, elapsed0,
                   counter, stop, q, threads):
     """One A3C actor-learner process: own envs and seed, shared model and Adam state (Hogwild)."""
     try:
@@ -25,8 +25,7 @@ def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates
         params = [p for g in opt.param_groups for p in g["params"]]
         for p, st in zip(params, shared_state):
             opt.state[p] = st
-        env = make_env(env_kwargs, int(cfg["num_envs"]), bool(cfg["action_rewards"]))
-        learner = Learner(model, opt, env, cfg)
+        learner = Learner(model, opt, make_env(env, int(cfg["num_envs"]), bool(cfg["action_rewards"])), cfg)
         budget = Budget(total_updates, None) if total_updates is not None else None
         t_start = time.time()
         local = 0
@@ -51,7 +50,7 @@ def _async_worker(wid, model, shared_state, cfg, env_kwargs, seed, total_updates
             m = learner.update(u, p, update_seed(seed, 1 + wid, local))
             local += 1
             q.put(("metrics", wid, m))
-        env.close()
+        learner.env.close()
     except BaseException as exc:  # report everything, then exit non-zero
         tb = traceback.format_exc().strip().splitlines()
         q.put(("error", wid, f"{type(exc).__name__}: {exc} ({tb[-3].strip() if len(tb) >= 3 else ''})"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,32 +14,14 @@ from agents.common.distributions import gumbel_sample
 from agents.va3c.config import lr_at, stage_at
 from agents.va3c.losses import _augment, a2c_segment_loss, scale_for, supervised_loss
 from agents.va3c.model import VA3CModel
+from svl_env import EnvConfig, SVLDRLVectorEnv
 
 
 # --------------------------------------------------------------------------- the learner
-def _jsonable_env_kwargs(env_kwargs: dict) -> dict:
-    out = {}
-    for k, v in env_kwargs.items():
-        if isinstance(v, Path):
-            v = str(v)
-        if isinstance(v, tuple):
-            v = list(v)
-        if v is None or isinstance(v, (str, int, float, bool, list, dict)):
-            out[k] = v
-        else:
-            raise ValueError(f"env option {k}={type(v).__name__} cannot be stored in a checkpoint config; "
-                             "pass plain values (data folder path, noise spec string, ...)")
-    return out
-
-
-def make_env(env_kwargs: dict, num_envs: int, action_rewards: bool):
-    from svl_env import SVLDRLVectorEnv
-
-    kw = {k: v for k, v in env_kwargs.items() if k not in ("autoreset_mode", "return_tensors", "action_rewards")}
-    if isinstance(kw.get("patch_size"), list):
-        kw["patch_size"] = tuple(kw["patch_size"])
-    return SVLDRLVectorEnv(num_envs, autoreset_mode=AutoresetMode.DISABLED, return_tensors=True,
-                           action_rewards=action_rewards, **kw)
+def make_env(env: EnvConfig, num_envs: int, action_rewards: bool) -> SVLDRLVectorEnv:
+    """The learner's envs: whole episodes (no autoreset) as tensors on the env's device."""
+    return SVLDRLVectorEnv(num_envs, config=env.replace(autoreset_mode=AutoresetMode.DISABLED, return_tensors=True,
+                                                        action_rewards=action_rewards))
 
 
 

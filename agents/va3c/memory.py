@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from agents.common.networks import PolicyValueNet
-from agents.common.policy import env_dims
 from agents.va3c.model import _net_config
+from svl_env import EnvConfig
 
 
 def activation_floats_per_voxel(net: nn.Module, in_channels: int) -> float:
@@ -47,21 +47,15 @@ def activation_floats_per_voxel(net: nn.Module, in_channels: int) -> float:
 ACTIVATION_FACTOR = 1.0
 
 
-def _patch_and_steps(env_kwargs: dict) -> tuple[tuple[int, int, int], int]:
-    from svl_env.vector_env import _patch_shape
-
-    ps = env_kwargs.get("patch_size", 32)
-    return _patch_shape(tuple(ps) if isinstance(ps, list) else ps), int(env_kwargs.get("max_steps") or 5)
-
-
-def estimate_training_bytes(cfg: dict, env_kwargs: dict, net: nn.Module | None = None, workers: int = 0) -> int:
+def estimate_training_bytes(cfg: dict, env: EnvConfig | dict, net: nn.Module | None = None, workers: int = 0) -> int:
     """Peak memory of vA3C training (bytes): envs + model/Adam + the larger of the actor-critic
     graph (``t_max`` steps of ``num_envs`` patches) and the warmup's stored rollouts + one
     minibatch. ``workers`` > 0: each worker holds all of it (own envs, own graph)."""
     from svl_env import memory
 
-    patch, steps = _patch_and_steps(env_kwargs)
-    n_ch, n_act = env_dims(env_kwargs)
+    env = EnvConfig.from_any(env)
+    patch, steps = env.patch_shape, env.episode_steps
+    n_ch, n_act = env.num_channels, env.num_actions
     b = int(cfg["num_envs"])
     vox = float(np.prod(patch))
     t_graph = min(int(cfg["t_max"] or steps), steps)
@@ -72,18 +66,17 @@ def estimate_training_bytes(cfg: dict, env_kwargs: dict, net: nn.Module | None =
     actor_critic = b * t_graph * vox * 4 * per_step if (cfg["value"] or cfg["policy"]) else 0
     warmup = steps * b * vox * 4 * (n_ch + 2) + b * vox * 4 * per_step if cfg["warmup"] else 0
     params = 4 * 4 * sum(p.numel() for p in net.parameters())  # weights, grads, Adam moments
-    envs = memory.env_bytes(b, patch, n_act, bool(cfg["action_rewards"]), env_kwargs.get("device", "cpu"))
+    envs = memory.env_bytes(b, patch, n_act, bool(cfg["action_rewards"]), env.device)
     one = envs + params + max(actor_critic, warmup)
     return int(one * max(1, int(workers)))
 
 
-def check_training_memory(cfg: dict, env_kwargs: dict, net: nn.Module | None = None, workers: int = 0) -> None:
+def check_training_memory(cfg: dict, env: EnvConfig | dict, net: nn.Module | None = None, workers: int = 0) -> None:
     """Refuse a vA3C configuration whose training cannot fit (``svl_env.memory``), before any allocation."""
     from svl_env import memory
-    from svl_env.vector_env import _device
 
-    patch, steps = _patch_and_steps(env_kwargs)
-    device = _device(env_kwargs.get("device", "cpu"))
+    env = EnvConfig.from_any(env)
+    patch, steps, device = env.patch_shape, env.episode_steps, env.torch_device
     segment = min(int(cfg["t_max"] or steps), steps)
     what = f"vA3C training with {memory.describe_batch(int(cfg['num_envs']), patch)}, {segment}-step segments"
     if workers:
@@ -91,4 +84,4 @@ def check_training_memory(cfg: dict, env_kwargs: dict, net: nn.Module | None = N
     hint = "lower num_envs (--num-envs), patch_size (--patch-size), t_max or the network width"
     if workers:
         hint += ", or use fewer workers"
-    memory.check(estimate_training_bytes(cfg, env_kwargs, net, workers), what, hint, device)
+    memory.check(estimate_training_bytes(cfg, env, net, workers), what, hint, device)

@@ -11,9 +11,10 @@ from agents.common.checkpoint import (CheckpointError, load_checkpoint, load_sta
                                       save_checkpoint)
 from agents.common.distributions import gumbel_sample
 from agents.common.networks import PolicyValueNet
-from agents.common.policy import Policy, as_tensor, env_dims
+from agents.common.policy import Policy, as_tensor
 from agents.va3c.config import KIND, make_config
 from agents.va3c.model import _init_net, build_net
+from svl_env import EnvConfig
 
 
 # --------------------------------------------------------------------------- the policy
@@ -36,11 +37,12 @@ class VA3CPolicy(Policy):
         self._gen = None
 
     @classmethod
-    def untrained(cls, env_kwargs: dict | None = None, seed: int = 0, device="cpu", **config) -> "VA3CPolicy":
+    def untrained(cls, env_kwargs: EnvConfig | dict | None = None, seed: int = 0, device="cpu",
+                  **config) -> "VA3CPolicy":
         """The initial (random-weight) policy of a run with this seed and config."""
         cfg = make_config(**config)
-        n_ch, n_act = env_dims(env_kwargs or {})
-        net = _init_net(cfg, n_ch, n_act, seed)
+        env = EnvConfig.from_any(env_kwargs)
+        net = _init_net(cfg, env.num_channels, env.num_actions, seed)
         return cls(net, {"train": cfg, "net": net.config}, device=device, name="va3c-untrained")
 
     def reset(self, num_envs: int) -> None:

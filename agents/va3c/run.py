@@ -17,14 +17,14 @@ from agents.common.budget import Budget, update_seed
 from agents.common.checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint,
                                       validate_state_dict)
 from agents.common.networks import PolicyValueNet
-from agents.common.policy import env_dims
 from agents.va3c.async_workers import _async_worker
 from agents.va3c.config import KIND, _PRIVATE_KEYS, make_config
-from agents.va3c.learner import (Learner, _check_optimizer_state, _jsonable_env_kwargs, load_optimizer_tensors,
-                                 make_env, make_optimizer, optimizer_tensors, share_optimizer)
+from agents.va3c.learner import (Learner, _check_optimizer_state, load_optimizer_tensors, make_env, make_optimizer,
+                                 optimizer_tensors, share_optimizer)
 from agents.va3c.memory import check_training_memory
 from agents.va3c.model import VA3CModel, _init_net, _net_config, build_net
 from agents.va3c.policy import VA3CPolicy
+from svl_env import EnvConfig
 
 
 # --------------------------------------------------------------------------- training driver
@@ -36,24 +36,22 @@ class VA3CRun:
     event files. ``hooks`` receive each update's metrics dict (progress bars, writers).
     """
 
-    def __init__(self, env_kwargs: dict, *, budget: Budget, seed: int = 0, workers: int = 0,
+    def __init__(self, env_kwargs: EnvConfig | dict, *, budget: Budget, seed: int = 0, workers: int = 0,
                  config: dict | None = None):
         self.cfg = make_config(**(config or {}))
-        self.env_kwargs = dict(env_kwargs)
-        self.env_json = _jsonable_env_kwargs(self.env_kwargs)
+        self.env = EnvConfig.from_any(env_kwargs)
+        self.env_json = self.env.to_json()  # before anything is built: a value no checkpoint can hold fails now
         self.budget = budget
         self.seed = int(seed)
         self.workers = int(workers)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers!r}")
-        from svl_env.vector_env import _device
-
-        self.device = _device(self.env_kwargs.get("device", "cpu"))
-        n_ch, n_act = env_dims(self.env_kwargs)
+        self.device = self.env.torch_device
+        n_ch, n_act = self.env.num_channels, self.env.num_actions
         self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
                                int(self.cfg["reward_conv_size"]))
         self.model.net.load_state_dict(_init_net(self.cfg, n_ch, n_act, self.seed).state_dict())
-        check_training_memory(self.cfg, self.env_kwargs, self.model.net, self.workers)  # before any env exists
+        check_training_memory(self.cfg, self.env, self.model.net, self.workers)  # before any env exists
         self.model.to(self.device)
         self.opt = make_optimizer(self.model, self.cfg)
         self.update = 0  # updates done
@@ -96,9 +94,9 @@ class VA3CRun:
             cpu_elapsed = float(meta.get("cpu_elapsed", 0.0))
             if update < 0 or not (math.isfinite(elapsed) and math.isfinite(cpu_elapsed)):
                 raise ValueError(f"bad counters update={update}, elapsed={elapsed}")
-            env, seed, train = cfg["env"], int(cfg["seed"]), cfg["train"]
-            if not isinstance(env, dict) or not isinstance(train, dict):
-                raise TypeError("env and train configs must be objects")
+            env, seed, train = EnvConfig.from_json(cfg["env"]), int(cfg["seed"]), cfg["train"]
+            if not isinstance(train, dict):
+                raise TypeError("the train config must be an object")
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: malformed training state in the checkpoint "
                                   f"({type(exc).__name__}: {exc})") from None
@@ -152,7 +150,7 @@ class VA3CRun:
 
     def _run_sync(self, hooks, checkpoint_every, checkpoint_path) -> None:
         cfg = self.cfg
-        env = make_env(self.env_kwargs, int(cfg["num_envs"]), bool(cfg["action_rewards"]))
+        env = make_env(self.env, int(cfg["num_envs"]), bool(cfg["action_rewards"]))
         learner = Learner(self.model, self.opt, env, cfg)
         stop_after = cfg.get("_stop_after")
         with _torch_settings(self.device, cfg):
@@ -194,7 +192,7 @@ class VA3CRun:
         elapsed0 = self.elapsed
         for w in range(self.workers):
             p = ctx.Process(target=_async_worker, name=f"va3c-worker-{w}",
-                            args=(w, self.model, shared_state, self.cfg, self.env_kwargs, self.seed,
+                            args=(w, self.model, shared_state, self.cfg, self.env, self.seed,
                                   self.budget.updates, deadline, budget_s, elapsed0, counter, stop, q, int(threads)),
                             daemon=True)
             p.start()

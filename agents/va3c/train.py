@@ -37,6 +37,7 @@ from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
 from agents.common.budget import Budget
 from agents.va3c.policy import VA3CPolicy
 from agents.va3c.run import VA3CRun
+from svl_env import EnvConfig
 
 METRIC_FIELDS = ("update", "stage", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "loss", "sup_dice", "sup_ce",
                  "sup",
@@ -71,9 +72,9 @@ class _Bar:
         self.bar.close()
 
 
-def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int | None = None, seed: int = 0,
-                 workers: int = 0, out=None, progress: bool = True, resume=None, checkpoint_every: int = 50,
-                 tensorboard: bool = True, cpu_minutes: float | None = None,
+def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, updates: int | None = None,
+                 seed: int = 0, workers: int = 0, out=None, progress: bool = True, resume=None,
+                 checkpoint_every: int = 50, tensorboard: bool = True, cpu_minutes: float | None = None,
                  **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
     """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object).
 
@@ -97,7 +98,7 @@ def run_training(env_kwargs: dict, *, minutes: float | None = None, updates: int
     else:
         run = VA3CRun(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
                       config=config)
-    validate_env(run.env_kwargs)  # bad data is named now, not by a worker at update 37
+    validate_env(run.env)  # bad data is named now, not by a worker at update 37
     out_dir = Path(out) if out is not None else None
     hooks, closers = [], []
     created: list[Path] = []  # folders this call creates: removed again if it fails before a checkpoint
@@ -169,7 +170,7 @@ def _remove_created(out_dir: Path, before: set, created: list[Path]) -> None:
 
 def train_from_args(args) -> Path:
     """``svl-drl train --agent va3c`` (options: agents/cli/train.py)."""
-    from agents.cli.envargs import env_kwargs
+    from agents.cli.envargs import env_config
 
     if args.resume is not None and not Path(args.resume).exists():
         raise FileNotFoundError(f"run to resume not found: {args.resume}")
@@ -178,15 +179,15 @@ def train_from_args(args) -> Path:
     # resuming writes into the resumed run's folder (--out is not used)
     out = None if args.resume else Path(args.out)
     _, run_dir, run = run_training(
-        env_kwargs(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
+        env_config(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
         out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,
         num_envs=args.num_envs)
     return run_dir
 
 
-def train_va3c(env_kwargs: dict, *, minutes: float | None = None, updates: int | None = None, seed: int = 0,
+def train_va3c(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, updates: int | None = None, seed: int = 0,
                workers: int = 0, out: str | Path | None = None, progress: bool = True, **config) -> VA3CPolicy:
-    """Train vA3C on ``SVLDRLVectorEnv(**env_kwargs)`` and return the trained policy.
+    """Train vA3C on ``SVLDRLVectorEnv(**env_kwargs)`` (or an ``EnvConfig``) and return the trained policy.
 
     Budget: ``updates`` (one update = ``num_envs`` fresh episodes) and/or ``minutes`` (wall
     clock; whichever ends first); neither -> 200 updates. ``workers`` > 0: asynchronous mode.

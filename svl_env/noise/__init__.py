@@ -40,7 +40,7 @@ ranges, presets, documented Dice range, ``apply``) and the protocol's documentat
 ``LITERATURE_PARAMS``, ``PRESETS`` and ``DICE_AT_DEFAULTS`` are derived from the registered
 protocols each time they are read, and so are the error messages and the table below.
 
-Adding one is one call (``tests/test_noise_registry.py`` registers another toy one)::
+Adding one is one call (``tests/env/test_noise_registry.py`` registers another toy one)::
 
     import gymnasium as gym
     from svl_env import rng
@@ -56,7 +56,7 @@ Defaults and the noise they produce
 -----------------------------------
 Dice(noisy, truth) at the defaults (``DEFAULT_PARAMS``), noise_ratio = 1, on the project's
 phantoms (``svl_env.data.phantom.generate_phantoms``, 64 fixed keys, 32^3, all families;
-asserted by ``tests/test_noise.py::test_dice_range_on_phantoms`` against ``DICE_AT_DEFAULTS``):
+asserted by ``tests/env/test_noise.py::test_dice_range_on_phantoms`` against ``DICE_AT_DEFAULTS``):
 mean, 5th-95th percentile over the 64 patches, documented range of the mean, and the mean at
 64^3 (24 keys; the phantoms grow with the patch, so the same voxel sizes corrupt less).
 Measured with the phantoms as of the protocols' writing; the test's ranges leave room for
@@ -95,7 +95,6 @@ threads waiting for a core): on a shared CPU, one thread per process is the fast
 from __future__ import annotations
 
 from .model import TAG_NOISE, NoiseModel, parse_noise
-from .morphology import dilate_cross as _dilate_cross, dilate_cube as _dilate_cube  # noqa: F401  (tests' names)
 from .protocol import NoiseProtocol, Param
 from .registry import (default_params, dice_at_defaults, get_noise, literature_params, presets, protocol_names,
                        protocol_table, register_noise, unregister_noise)

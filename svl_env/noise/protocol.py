@@ -103,7 +103,7 @@ class NoiseProtocol:
         tag: the ``rng`` tag under the noise keys that ``apply`` draws from; unique among
             the registered protocols (tag 1 is the row selection's). None: draws nothing.
         dice_range: documented range of the mean Dice(noisy, truth) at the defaults,
-            noise_ratio 1, on 64 phantoms at 32^3 (asserted by tests/test_noise.py).
+            noise_ratio 1, on 64 phantoms at 32^3 (asserted by tests/env/test_noise.py).
         dice_measured: (mean, 5th pct, 95th pct, mean at 64^3) of that Dice when the range
             was set, for the package doc's table.
         check: optional cross-parameter check of a full params dict (raises ValueError).

@@ -24,7 +24,7 @@ import svl_env  # noqa: F401  (registers SVLDRL-v0)
 from svl_env import SVLDRLEnv, SVLDRLVectorEnv
 from svl_env.wrappers import NormalizeReward, ScaleReward, VectorNormalizeReward, VectorScaleReward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 P = 8
 TIME = 5  # index of the time channel

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from svl_env import noise as N
+from svl_env.noise import morphology as M
 from svl_env.noise import DEFAULT_PARAMS, PROTOCOLS, NoiseModel, parse_noise
 
 CORRUPTING = ("mt", "sp", "markov", "flip")
@@ -261,11 +262,11 @@ def test_none_is_identity():
 def test_morphology_matches_max_pool3d():
     x = torch.rand(3, 7, 9, 11) > 0.85
     xf = x.float().unsqueeze(1)
-    assert torch.equal(N._dilate_cube(x), F.max_pool3d(xf, 3, 1, 1).squeeze(1) > 0)
-    assert torch.equal(~N._dilate_cube(~x), -F.max_pool3d(-xf, 3, 1, 1).squeeze(1) > 0)
+    assert torch.equal(M.dilate_cube(x), F.max_pool3d(xf, 3, 1, 1).squeeze(1) > 0)
+    assert torch.equal(~M.dilate_cube(~x), -F.max_pool3d(-xf, 3, 1, 1).squeeze(1) > 0)
     cross = torch.zeros(3, 3, 3)
     cross[1, 1, :] = cross[1, :, 1] = cross[:, 1, 1] = 1
-    assert torch.equal(N._dilate_cross(x), F.conv3d(xf, cross[None, None], padding=1).squeeze(1) > 0)
+    assert torch.equal(M.dilate_cross(x), F.conv3d(xf, cross[None, None], padding=1).squeeze(1) > 0)
 
 
 @pytest.mark.parametrize("side", [3, 5, 7])
@@ -316,7 +317,7 @@ def test_markov_direction():
     # the flips stay on the (moving) boundary: no voxel further than T 6-steps from the surface changes
     far_out, far_in = truth.clone(), ~truth
     for _ in range(DEFAULT_PARAMS["markov"]["T"]):
-        far_out, far_in = N._dilate_cross(far_out), N._dilate_cross(far_in)
+        far_out, far_in = M.dilate_cross(far_out), M.dilate_cross(far_in)
     assert not (grow & ~far_out).any() and not (~shrink & ~far_in).any()
     # more steps, more noise
     d10 = dice(parse_noise("markov:T=10")(truth, KEYS)[0], truth).mean()
@@ -330,7 +331,7 @@ def test_flip_only_in_band():
         noisy, _ = parse_noise(f"flip:width={width},p=0.5")(truth, KEYS)
         inner, outer = truth, ~truth
         for _ in range(width):
-            inner, outer = N._dilate_cross(inner), N._dilate_cross(outer)
+            inner, outer = M.dilate_cross(inner), M.dilate_cross(outer)
         band = inner & outer
         changed = noisy ^ truth
         assert not (changed & ~band).any()

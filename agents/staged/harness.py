@@ -88,7 +88,6 @@ def make_train_config(**overrides) -> dict:
     return cfg
 
 
-
 class Clock:
     """Training budget clock: progress in [0, 1]; pausable (reports are not training)."""
 

@@ -67,7 +67,6 @@ def make_config(**config) -> dict:
     return cfg
 
 
-
 # --------------------------------------------------------------------------- schedule
 def stage_at(cfg: dict, progress: float) -> str:
     """Which stage a fraction ``progress`` in [0, 1] of the budget is in."""

@@ -24,7 +24,6 @@ def make_env(env: EnvConfig, num_envs: int, action_rewards: bool) -> SVLDRLVecto
                                                         action_rewards=action_rewards))
 
 
-
 class Learner:
     """One actor-learner: its own envs, a (possibly shared) model and optimiser.
 

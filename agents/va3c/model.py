@@ -46,7 +46,6 @@ class VA3CModel(nn.Module):
         return R if self.reward_conv is None else self.reward_conv(R)
 
 
-
 def build_net(net_config: dict, where) -> PolicyValueNet:
     """``PolicyValueNet(**net_config)`` from a checkpoint's config; a config that does not build
     a network (unknown keys, bad values) is a CheckpointError naming the file."""
@@ -63,7 +62,6 @@ def build_net(net_config: dict, where) -> PolicyValueNet:
     if net.config["n_actions"] not in {len(v) for v in ACTION_SETS.values()}:
         raise CheckpointError(f"{where}: network has {net.config['n_actions']} actions, no action set has that many")
     return net
-
 
 
 def _init_net(cfg: dict, in_channels: int, n_actions: int, seed: int) -> PolicyValueNet:

@@ -26,7 +26,6 @@ def apply(truth: torch.Tensor, keys: torch.Tensor, p: dict) -> torch.Tensor:
     return truth ^ (band & (u < p["p"]))
 
 
-
 PROTOCOL = NoiseProtocol(
     name="flip",
     apply=apply,

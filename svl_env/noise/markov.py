@@ -82,7 +82,6 @@ def apply(truth: torch.Tensor, keys: torch.Tensor, p: dict) -> torch.Tensor:
     return m
 
 
-
 PROTOCOL = NoiseProtocol(
     name="markov",
     apply=apply,

@@ -50,7 +50,6 @@ def apply(truth: torch.Tensor, keys: torch.Tensor, p: dict) -> torch.Tensor:
     return xor_rows(out, erode)
 
 
-
 def _check(p: dict) -> None:
     if p["side_min"] > p["side_max"]:
         raise ValueError(f"noise 'mt': side_min={p['side_min']} > side_max={p['side_max']}")

@@ -131,7 +131,6 @@ def apply(truth: torch.Tensor, keys: torch.Tensor, p: dict) -> torch.Tensor:
     return out
 
 
-
 PROTOCOL = NoiseProtocol(
     name="sp",
     apply=apply,

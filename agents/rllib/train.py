@@ -63,6 +63,7 @@ import torch.nn as nn
 from agents.common.policy import Policy, as_tensor
 from agents.common.checkpoint import (check_dir_path, ensure_dir, load_checkpoint, load_state_dict_checked,
                          save_checkpoint)
+from agents.common.precision import resolve_precision
 from agents.common.runlog import MetricsCSV, TensorBoardLog, jsonable, write_json
 from agents.common.networks import PooledValueHead, make_backbone
 from agents.va3c.model import _env_dims  # same env dims as vA3C
@@ -74,8 +75,9 @@ ENV_ID = "SVLDRL-v0"
 
 #: network options (``VoxelPPONet``); the SB3 baseline's defaults
 NET_DEFAULTS = dict(backbone="unet", width=16, depth=2, keep_bias=4.0)
-#: module-only options: the distribution's reduction, samples per no-grad value pass
-MODULE_DEFAULTS = dict(reduction="mean", value_chunk=16)
+#: module-only options: the distribution's reduction, samples per no-grad value pass, the network's
+#: arithmetic (agents.common.precision; ``train_rllib`` resolves auto for the learner's device)
+MODULE_DEFAULTS = dict(reduction="mean", value_chunk=16, precision="fp32")
 #: PPO options (``PPOConfig.training``). Defaults as the SB3 baseline for 5-step episodes of 32^3
 #: patches on CPUs: PixelRL's gamma 0.95 and per-voxel entropy 0.01, 2 epochs, minibatches of
 #: 20 samples (a 3D U-Net's backward at 32^3 costs ~40 MB per sample), clipping only (no KL
@@ -475,6 +477,9 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
         updates = DEFAULT_UPDATES
     env_kwargs = dict(env_kwargs)
     validate_env(env_kwargs)  # options and data, before Ray starts or the run folder is touched
+    cuda_learner = (str(env_kwargs.get("device", "cpu")).startswith("cuda") if num_gpus_per_learner is None
+                    else bool(num_gpus_per_learner))
+    options["precision"] = resolve_precision(options.get("precision"), "cuda" if cuda_learner else "cpu")
     start_net, start_iter = None, 0
     if resume is not None:
         ck = load_checkpoint(resolve_checkpoint(resume), KIND)
@@ -504,7 +509,8 @@ def train_rllib(env_kwargs: dict, *, updates: int | None = None, minutes: float 
             ppo_cfg = {k: getattr(config, k, None) for k in PPO_DEFAULTS}
             ppo_cfg["train_batch_size"] = config.train_batch_size_per_learner
             write_json(run_dir / "config.json", {
-                "agent": KIND, "env_kwargs": ckpt_config["env"], "seed": seed, "num_env_runners": num_env_runners,
+                "agent": KIND, "precision": options["precision"],
+                "env_kwargs": ckpt_config["env"], "seed": seed, "num_env_runners": num_env_runners,
                 "num_envs_per_env_runner": num_envs, "address": address, "model": model_cfg, "ppo": ppo_cfg,
                 "updates": updates, "minutes": minutes, "resumed_from": str(resume) if resume else None})
         algo = config.build_algo()
@@ -615,5 +621,5 @@ def train_from_args(args) -> Path:
     train_rllib(kw, updates=args.updates, minutes=args.minutes, num_env_runners=runners,
                 num_envs=args.num_envs, address=args.address, seed=args.seed, out=out, resume=args.resume,
                 checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                num_gpus_per_learner=learner_gpus)
+                num_gpus_per_learner=learner_gpus, precision=args.precision)
     return out

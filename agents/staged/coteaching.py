@@ -56,13 +56,15 @@ def small_loss_mask(voxel_loss: torch.Tensor, label: torch.Tensor, drop: float) 
 
 
 def train_coteaching(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, model_config: dict | None, device,
-                     progress: bool = True):
+                     progress: bool = True, precision: str = "fp32"):
     from tqdm.auto import tqdm
 
     from agents.staged.trainer import Clock, TrainResult, WeightEMA, _Recorder, _dice_np, _lr, predict_training
 
     mcfg = {**(model_config or {}), "agents": False}
     nets = [make_model(mcfg, seed=seed).to(device), make_model(mcfg, seed=seed + 7919).to(device)]
+    for n in nets:
+        n.precision = precision
     opts = [torch.optim.Adam(n.parameters(), lr=cfg["lr"]) for n in nets]
     ema = WeightEMA(nets[0], cfg["ema"])  # the output network (A), averaged like every method's
     patch = (int(cfg["patch"]),) * 3

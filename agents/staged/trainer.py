@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from agents.common.budget import Budget, scheduled_lr, update_seed
+from agents.common.precision import resolve_precision
 from agents.staged.data import TrainingSet
 from agents.staged.label_refinement import LabelAgentEpisodes, refine_labels
 from agents.staged.losses import LossWeights, seg_loss, stage_weights
@@ -280,21 +281,30 @@ def _step(model_params, opt, loss, max_norm) -> float:
 
 
 def train(method: str, ts: TrainingSet, *, budget: Budget, seed: int = 0, stages=STAGES, config: dict | None = None,
-          model_config: dict | None = None, device="cpu", progress: bool = True) -> TrainResult:
-    """Train ``method`` on the training set within ``budget``. Never reads anything but ``ts``."""
+          model_config: dict | None = None, device="cpu", progress: bool = True,
+          precision: str | None = None) -> TrainResult:
+    """Train ``method`` on the training set within ``budget``. Never reads anything but ``ts``.
+
+    ``precision``: auto (None), fp32 or bf16 (``agents.common.precision``) for every forward pass
+    of training and label refinement; the resolved value is ``extra["precision"]``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     cfg = make_train_config(**(config or {}))
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     if method == "coteaching":
         from agents.staged.coteaching import train_coteaching
 
-        return train_coteaching(ts, budget=budget, seed=seed, cfg=cfg, model_config=model_config, device=device,
-                                progress=progress)
-    plan = stage_plan(stages if method == "svl-drl" else ("warmup",), cfg)
-    agents = method == "svl-drl" and any(s in ("transition", "full") for s, _, _ in plan)
-    model = make_model({**(model_config or {}), "agents": agents}, seed=seed).to(device)
-    return _StagedRun(model, ts, plan, cfg, budget, seed, device, progress).run()
+        result = train_coteaching(ts, budget=budget, seed=seed, cfg=cfg, model_config=model_config, device=device,
+                                  progress=progress, precision=precision)
+    else:
+        plan = stage_plan(stages if method == "svl-drl" else ("warmup",), cfg)
+        agents = method == "svl-drl" and any(s in ("transition", "full") for s, _, _ in plan)
+        model = make_model({**(model_config or {}), "agents": agents}, seed=seed).to(device)
+        model.precision = precision
+        result = _StagedRun(model, ts, plan, cfg, budget, seed, device, progress).run()
+    result.extra["precision"] = precision
+    return result
 
 
 class _StagedRun:

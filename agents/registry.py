@@ -65,6 +65,8 @@ class AgentSpec:
     in_benchmark: bool = False
     #: ``train`` takes ``workers`` (asynchronous worker processes)
     takes_workers: bool = False
+    #: ``train`` takes ``precision`` ("auto", "fp32" or "bf16"; ``agents.common.precision``)
+    takes_precision: bool = False
     #: ``claims(path, **bound) -> bool``: is this file this agent's? (formats shared by agents)
     claims: str | Callable | None = None
     description: str = ""
@@ -168,20 +170,20 @@ def load_policy(path, device="cpu") -> tuple[Any, AgentSpec]:
 
 # ----------------------------------------------------------------------- the built-in agents
 register_agent(AgentSpec(
-    name="va3c", label="vA3C", kind="va3c", in_benchmark=True, takes_workers=True,
+    name="va3c", label="vA3C", kind="va3c", in_benchmark=True, takes_workers=True, takes_precision=True,
     train="agents.va3c:train_va3c", load="agents.va3c:VA3CPolicy.load", train_cli="agents.va3c:train_from_args",
     description="voxel-level A3C (PixelRL-style), trained in stages: Warmup -> value -> policy"))
 register_agent(AgentSpec(
     name="ppo", label="PPO (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "ppo"}, in_benchmark=True,
-    claims=_sb3_zip_is,
+    claims=_sb3_zip_is, takes_precision=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",
     description="stable-baselines3 PPO with a fully-convolutional per-voxel policy"))
 register_agent(AgentSpec(
     name="a2c", label="A2C (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "a2c"}, in_benchmark=True,
-    claims=_sb3_zip_is,
+    claims=_sb3_zip_is, takes_precision=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",
     description="stable-baselines3 A2C with a fully-convolutional per-voxel policy"))
 register_agent(AgentSpec(
-    name="rllib-ppo", label="PPO (RLlib)", kind="rllib-ppo",
+    name="rllib-ppo", label="PPO (RLlib)", kind="rllib-ppo", takes_precision=True,
     train="agents.rllib:train_rllib", load="agents.rllib:RLlibPolicy.load", train_cli="agents.rllib:train_from_args",
     description='PPO on Ray RLlib with distributed env runners (pip install "svl-drl[rllib]")'))

@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="runs/staged_benchmark", help="data and run folders")
     ap.add_argument("--out", default="benchmarks/results/staged_pipeline.md", help="Markdown table (+ .json)")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs in --workdir (report.json present)")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="every run's --precision (auto: bf16 where the CPU has native bf16)")
     args = ap.parse_args(argv)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -252,7 +254,8 @@ def main(argv=None) -> int:
             data = work / ("data_clean" if clean else "data")
             cmd = [sys.executable, "-m", "agents.cli", "pipeline", "--data", str(data), "--out", str(rd),
                    "--cpu-minutes", str(args.cpu_minutes), "--seed", str(sd), "--threads", "1",
-                   "--eval-labels", str(work / "clean_labelsTr"), "--no-progress", *extra]
+                   "--eval-labels", str(work / "clean_labelsTr"), "--no-progress", "--precision", args.precision,
+                   *extra]
             jobs.append((f"{m} [seed {sd}]", cmd))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     print(f"training {len(jobs)} run(s) ({len(methods)} method(s) x {len(seeds)} seed(s)), "
@@ -325,7 +328,7 @@ def main(argv=None) -> int:
               f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores "
               f"({platform.processor() or platform.machine()}).",
               f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "
-              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))}`"]
+              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}`"]
     table = "\n".join(lines)
     print()
     print(table)

@@ -12,6 +12,7 @@ import argparse
 import math
 
 from agents.cli.envargs import add_env_arguments
+from agents.common.precision import add_precision_argument
 
 
 def minutes(text: str):
@@ -66,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learned agents trained at once, one process each (needs --clock cpu; default 1, "
                         f"--quick {QUICK['train_jobs']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_precision_argument(p)
     add_env_arguments(p)
 
 
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
                    progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
-                   train_config=train_config, train_jobs=jobs)
+                   train_config=train_config, train_jobs=jobs, precision=args.precision)
     print(result["leaderboard_md"].read_text())
     print(f"benchmark written to {result['out']}")
     return 0

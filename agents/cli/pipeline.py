@@ -15,6 +15,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from agents.common.precision import add_precision_argument
     from agents.staged.methods import METHODS
 
     p.add_argument("--data", required=True, metavar="DIR", help="Decathlon folder: imagesTr/ + noisy labelsTr/")
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None, help="training patch size in voxels (default 32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_precision_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                               cpu_minutes=args.cpu_minutes, updates=args.updates, stages=args.stages, seed=args.seed,
                               device=args.device, eval_labels=args.eval_labels, label_value=args.label_value,
                               modality=args.modality, config=config, model_config=model_config, threads=args.threads,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, precision=args.precision)
     except MonaiMissingError as exc:
         raise ValueError(str(exc)) from None
     print(f"{args.method}: {report['updates']} updates, {report['train_cpu_s']:.0f} CPU-s; "

@@ -10,6 +10,7 @@ import argparse
 
 from agents import registry
 from agents.cli.envargs import add_env_arguments
+from agents.common.precision import add_precision_argument
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", choices=registry.agent_names(), default="va3c", help="which agent to train")
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="updates between periodic checkpoints (0: only the final one); Ctrl-C finishes the "
                         "current update and writes one too, then exits with status 130")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_argument(p, "; vA3C's --resume keeps the run's own unless given")
     add_env_arguments(p)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from agents.eval import episodes as E
 from agents import registry
+from agents.common.precision import PRECISIONS
 from agents.eval.leaderboard import leaderboard_from_per_case, write_leaderboard
 from agents.eval.plots import mask_dice, plot_dice_steps, plot_metrics, plot_overlay
 from agents.heuristics import HEURISTICS, make_heuristic
@@ -208,7 +209,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         env_kwargs: EnvConfig | dict | None = None,
         episodes: int = 32, seed: int = 0, out="runs/benchmark", train_minutes: float | dict | None = None,
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
-        workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1) -> dict:
+        workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1,
+        precision: str | None = None) -> dict:
     """Benchmark built-in agents (``agents``) and policy objects (``policies``) on the same
     seeded episodes; write the files listed in the module doc into ``out``.
 
@@ -229,6 +231,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             training process (robust to other load on the machine).
         train_jobs: learned agents trained at once, each in its own process (needs
             ``clock="cpu"``, so that sharing the cores does not shrink anyone's budget).
+        precision: the learned agents' training arithmetic, auto (None), fp32 or bf16
+            (``agents.common.precision``); each run's config.json records the resolved one.
 
     Returns {"leaderboard": rows, "per_case_csv", "leaderboard_csv", "leaderboard_md",
     "metrics_png", "dice_steps_png", "overlays": [paths], "out"}.
@@ -265,6 +269,10 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
                          "wall-clock budgets would shrink with every process sharing the cores")
     to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
+    if precision not in (None, *PRECISIONS):
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    train_config = {**(train_config or {}), **{a: {**(train_config or {}).get(a, {}), "precision": precision}
+                                               for a in to_train if registry.get_agent(a).takes_precision}}
     for p in policies:
         check_policy(p)
     out = Path(out)
@@ -344,7 +352,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             overlay_paths.append(plot_overlay(case, ep, out / "overlays" / f"episode_{ep:03d}.png"))
     meta = {"env_kwargs": env.to_json(strict=False),
             "episodes": episodes, "seed": seed, "train_seed": seed + TRAIN_SEED_OFFSET, "policies": names,
-            "training": training, "eval_seconds": round(eval_seconds, 1),
+            "training": training, "precision": "auto" if precision is None else precision,
+            "eval_seconds": round(eval_seconds, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1), "host": platform.node(),
             "python": platform.python_version()}
     E.write_json(meta, out / "benchmark.json")

@@ -14,8 +14,9 @@ from svl_env import EnvConfig
 INSTALL_HINT = 'Ray RLlib is not installed: pip install "svl-drl[rllib]"'
 ENV_ID = "SVLDRL-v0"
 
-#: module-only options: the distribution's reduction, samples per no-grad value pass
-MODULE_DEFAULTS = dict(reduction="mean", value_chunk=16)
+#: module-only options: the distribution's reduction, samples per no-grad value pass, the network's
+#: arithmetic (agents.common.precision; ``train_rllib`` resolves auto for the learner's device)
+MODULE_DEFAULTS = dict(reduction="mean", value_chunk=16, precision="fp32")
 #: PPO options (``PPOConfig.training``). Defaults as the SB3 baseline for 5-step episodes of 32^3
 #: patches on CPUs: PixelRL's gamma 0.95 and per-voxel entropy 0.01, 2 epochs, minibatches of
 #: 20 samples (a 3D U-Net's backward at 32^3 costs ~40 MB per sample), clipping only (no KL

@@ -41,6 +41,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 import svl_env  # noqa: F401  registers "SVLDRL-v0" in every process that unpickles this module (env runners)
 
 from agents.common.distributions import VoxelTerms, batched_categorical, gumbel_max
+from agents.common.precision import autocast
 from agents.rllib.net import VoxelPPONet, net_config_for
 
 
@@ -126,7 +127,8 @@ class VoxelPPOModule(TorchRLModule, ValueFunctionAPI):
 
     Spaces: observation ``Box(C, D, H, W)``, action ``MultiDiscrete`` of shape (D, H, W) with
     one K for every voxel. ``model_config`` keys: backbone, width, depth, keep_bias,
-    reduction ("mean"/"sum"), value_chunk (samples per no-grad value pass).
+    reduction ("mean"/"sum"), value_chunk (samples per no-grad value pass), precision ("fp32"/"bf16":
+    the network runs under that autocast; logits and values come out float32).
 
     Outputs: ``action_dist_inputs`` (B, K, D, H, W) logits; in training also ``embeddings``
     (B, F, D, H, W) backbone features, so PPO's value loss reuses them instead of a second
@@ -149,26 +151,32 @@ class VoxelPPOModule(TorchRLModule, ValueFunctionAPI):
         if self.reduction not in DISTRIBUTIONS:
             raise ValueError(f"reduction must be one of {sorted(DISTRIBUTIONS)}, got {self.reduction!r}")
         self.value_chunk = int((self.model_config or {}).get("value_chunk", 16))
+        self.precision = str((self.model_config or {}).get("precision", "fp32"))
         self.action_dist_cls = DISTRIBUTIONS[self.reduction]
 
     def _forward(self, batch: dict, **kwargs) -> dict:
-        logits, _ = self.net.policy(batch[Columns.OBS].float())
-        return {Columns.ACTION_DIST_INPUTS: logits}
+        obs = batch[Columns.OBS]
+        with autocast(self.precision, obs.device):
+            logits, _ = self.net.policy(obs.float())
+        return {Columns.ACTION_DIST_INPUTS: logits.float()}
 
     def _forward_train(self, batch: dict, **kwargs) -> dict:
-        logits, feats = self.net.policy(batch[Columns.OBS].float())
-        return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: feats}
+        obs = batch[Columns.OBS]
+        with autocast(self.precision, obs.device):
+            logits, feats = self.net.policy(obs.float())
+        return {Columns.ACTION_DIST_INPUTS: logits.float(), Columns.EMBEDDINGS: feats}
 
     def compute_values(self, batch: dict, embeddings: Any = None) -> torch.Tensor:
         if embeddings is not None:  # PPO's loss: features of this forward_train, with grad
-            return self.net.value_from_features(embeddings)
+            with autocast(self.precision, embeddings.device):
+                return self.net.value_from_features(embeddings).float()
         # Without embeddings RLlib wants value estimates only (GAE over the whole train batch
         # in the learner connector): no graph, and chunks so that a few hundred 32^3 samples
         # do not hold every activation of the backbone at once.
         obs = batch[Columns.OBS]
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.precision, obs.device):
             return torch.cat([self.net.value(obs[i:i + self.value_chunk].float())
-                              for i in range(0, obs.shape[0], self.value_chunk)])
+                              for i in range(0, obs.shape[0], self.value_chunk)]).float()
 
 
 class SVLCallbacks(RLlibCallback):

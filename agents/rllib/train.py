@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from agents.common.checkpoint import check_dir_path, ensure_dir, load_checkpoint, resolve_checkpoint, run_folder
+from agents.common.precision import resolve_precision
 from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
 from agents.rllib.config import (MODULE_DEFAULTS, PPO_DEFAULTS, build_config, init_ray, require_ray, runner_env,
                                  split_options)
@@ -168,6 +169,9 @@ def train_rllib(env_kwargs: EnvConfig | dict, *, updates: int | None = None, min
         updates = DEFAULT_UPDATES
     env = runner_env(env_kwargs)
     validate_env(env)  # options and data, before Ray starts or the run folder is touched
+    cuda_learner = (str(env.device).startswith("cuda") if num_gpus_per_learner is None
+                    else bool(num_gpus_per_learner))
+    options["precision"] = resolve_precision(options.get("precision"), "cuda" if cuda_learner else "cpu")
     start_net, start_iter = None, 0
     if resume is not None:
         ck = load_checkpoint(resolve_checkpoint(resume), KIND)
@@ -197,7 +201,8 @@ def train_rllib(env_kwargs: EnvConfig | dict, *, updates: int | None = None, min
             ppo_cfg = {k: getattr(config, k, None) for k in PPO_DEFAULTS}
             ppo_cfg["train_batch_size"] = config.train_batch_size_per_learner
             write_json(run_dir / "config.json", {
-                "agent": KIND, "env_kwargs": ckpt_config["env"], "seed": seed, "num_env_runners": num_env_runners,
+                "agent": KIND, "precision": options["precision"],
+                "env_kwargs": ckpt_config["env"], "seed": seed, "num_env_runners": num_env_runners,
                 "num_envs_per_env_runner": num_envs, "address": address, "model": model_cfg, "ppo": ppo_cfg,
                 "updates": updates, "minutes": minutes, "resumed_from": str(resume) if resume else None})
         algo = config.build_algo()
@@ -301,5 +306,5 @@ def train_from_args(args) -> Path:
     train_rllib(env.replace(device="cpu"), updates=args.updates, minutes=args.minutes, num_env_runners=runners,
                 num_envs=args.num_envs, address=args.address, seed=args.seed, out=out, resume=args.resume,
                 checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                num_gpus_per_learner=learner_gpus)
+                num_gpus_per_learner=learner_gpus, precision=args.precision)
     return out

@@ -41,6 +41,7 @@ from torch.distributions import Categorical
 
 from agents.common.distributions import REDUCTIONS, VoxelTerms, batched_categorical, gumbel_max
 from agents.common.networks import PooledValueHead, keep_biased_policy_head, make_backbone
+from agents.common.precision import autocast
 
 class VoxelCategorical(VoxelTerms, Distribution):
     """Independent categorical per voxel; one batched Categorical over (B, V, K).
@@ -134,7 +135,14 @@ class VoxelActorCriticPolicy(ActorCriticPolicy):
             early training would teach nothing but "stop destroying"; starting near "keep"
             (p(keep) ~ 0.95 at 4.0) explores edits while the annotation survives.
         reduction: "mean" (default) or "sum" (see ``VoxelCategorical`` and the module doc).
+
+    ``precision`` ("fp32" or "bf16", set by the trainer, not saved): the networks of
+    ``forward``, ``evaluate_actions`` and ``predict_values`` -- SB3's rollout inference and
+    training passes -- run under that autocast; logits and values come out float32, so the
+    distribution, log-probabilities and losses are float32 either way.
     """
+
+    precision = "fp32"
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule, *,
                  backbone: str = "unet", width: int = 16, depth: int = 2, keep_bias: float = 4.0,
@@ -169,7 +177,21 @@ class VoxelActorCriticPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> VoxelCategorical:
-        return self.action_dist.proba_distribution(self.action_net(latent_pi))
+        return self.action_dist.proba_distribution(self.action_net(latent_pi).float())
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        with autocast(self.precision, self.device):
+            actions, values, log_prob = super().forward(obs, deterministic)
+        return actions, values.float(), log_prob
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor):
+        with autocast(self.precision, self.device):
+            values, log_prob, entropy = super().evaluate_actions(obs, actions)
+        return values.float(), log_prob, entropy
+
+    def predict_values(self, obs: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            return super().predict_values(obs).float()
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -46,6 +46,7 @@ from agents.common.policy import Policy, as_tensor
 from agents.common.checkpoint import atomic_write, ensure_dir, run_folder
 from agents.common.runlog import write_json
 from agents.common.interrupt import graceful_sigint
+from agents.common.precision import resolve_precision
 from agents.sb3.vec_env import SB3VecEnv
 from agents.sb3.policy import VoxelActorCriticPolicy
 from svl_env import EnvConfig
@@ -283,7 +284,7 @@ def split_config(algo: str, config: dict) -> tuple[dict, dict]:
 def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None = None,
               timesteps: int | None = None, cpu_minutes: float | None = None, seed: int = 0, out=None,
               progress: bool = True, num_envs: int = 8, resume=None, checkpoint_every: int | None = 50,
-              obs_dtype=np.float32, **config) -> SB3Policy:
+              obs_dtype=np.float32, precision: str | None = None, **config) -> SB3Policy:
     """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
 
     Args:
@@ -299,6 +300,8 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
         resume: a run folder or model zip to continue (``out`` defaults to its folder).
         checkpoint_every: updates between rewrites of ``out/model.zip``.
         obs_dtype: float32 or float16 observations in the rollout buffer.
+        precision: auto (None), fp32 or bf16 for the policy's rollout and training passes
+            (``agents.common.precision``; weights, optimiser and losses stay float32).
         **config: SB3 hyper-parameters (learning_rate, n_steps, batch_size, n_epochs, gamma,
             gae_lambda, ent_coef, vf_coef, clip_range, max_grad_norm, ...) and policy options
             (backbone, width, depth, keep_bias, reduction); defaults in ``DEFAULTS``.
@@ -316,6 +319,7 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     env = EnvConfig.from_any(env_kwargs)
     device = str(env.device)
+    precision = resolve_precision(precision, device)
     resume_zip = _resume_zip(resume) if resume is not None else None
     if resume_zip is not None:
         detect_algo(resume_zip)  # a damaged zip is named before anything is written
@@ -346,11 +350,12 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
     else:
         model = ALGOS[algo](VoxelActorCriticPolicy, venv, policy_kwargs=dict(pol_kw), seed=seed, device=device,
                             verbose=0, **algo_kw)
+    model.policy.precision = precision
     if run_dir is not None:
         ensure_dir(run_dir, "--out")
-        cfg = {"agent": algo, "env_kwargs": env.to_json(strict=False), "seed": seed, "num_envs": venv.num_envs,
-               "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw), "minutes": minutes,
-               "clock": clock, "timesteps": timesteps,
+        cfg = {"agent": algo, "precision": precision, "env_kwargs": env.to_json(strict=False), "seed": seed,
+               "num_envs": venv.num_envs, "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw),
+               "minutes": minutes, "clock": clock, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
                "note": TRUST_NOTE}
         write_json(run_dir / "config.json", cfg)
@@ -408,5 +413,5 @@ def train_from_args(args: argparse.Namespace) -> Path:
     out = run_folder(args.out, args.resume)
     train_sb3(algo, env, minutes=args.minutes, timesteps=timesteps, seed=args.seed, out=out,
               progress=not args.no_progress, num_envs=args.num_envs, resume=args.resume,
-              checkpoint_every=args.checkpoint_every)
+              checkpoint_every=args.checkpoint_every, precision=args.precision)
     return out

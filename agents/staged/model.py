@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agents.common.networks import ConvBlock, _groups
+from agents.common.precision import autocast
 
 __all__ = ["StagedNet", "make_model", "BACKBONES", "DEFAULT_MODEL", "N_STATE", "STATE_CHANNELS", "state_channels",
            "N_LABEL_ACTIONS", "N_INTENSITY_ACTIONS", "MonaiMissingError"]
@@ -202,6 +203,9 @@ class StagedNet(nn.Module):
         self.seg_decoder = _Decoder(enc, enc, 0, int(convs), int(full_res_convs))
         self.seg_head = nn.Conv3d(enc[0], 1, 1)
         self.has_agents = bool(agents)
+        # "fp32" or "bf16" (agents.common.precision): how encode / seg_logits / agent_outputs run.
+        # Set by the trainer; neither config nor weights (those stay float32), so no checkpoint keeps it.
+        self.precision = "fp32"
         if self.has_agents:
             rl = [max(4, int(round(c * float(rl_width)))) for c in enc]
             self.policy_decoder = _Decoder(enc, rl, N_STATE, int(convs), int(rl_full_res_convs))
@@ -231,26 +235,30 @@ class StagedNet(nn.Module):
         """image (B, 1, D, H, W) -> multi-scale features of the (padded) volume."""
         if image.dim() != 5 or image.shape[1] != 1:
             raise ValueError(f"image must be (B, 1, D, H, W), got {tuple(image.shape)}")
-        return self.encoder(self._pad(image))
+        with autocast(self.precision, image.device):
+            return self.encoder(self._pad(image))
 
     def seg_logits(self, feats: list[torch.Tensor], shape) -> torch.Tensor:
-        """Segmentation decoder: features -> logits (B, 1, D, H, W) cropped to ``shape`` (D, H, W)."""
-        y = self.seg_head(self.seg_decoder(feats))
-        return y[..., :shape[0], :shape[1], :shape[2]]
+        """Segmentation decoder: features -> logits (B, 1, D, H, W) float32, cropped to ``shape`` (D, H, W)."""
+        with autocast(self.precision, feats[0].device):
+            y = self.seg_head(self.seg_decoder(feats))
+        return y[..., :shape[0], :shape[1], :shape[2]].float()
 
     def agent_outputs(self, feats: list[torch.Tensor], state: torch.Tensor):
         """Policy and value decoders.
 
         state (B, N_STATE, D, H, W) -> (label logits (B, 4, D, H, W), intensity logits
-        (B, 3, D, H, W), values (B, 2, D, H, W): [label agents, intensity agents])."""
+        (B, 3, D, H, W), values (B, 2, D, H, W): [label agents, intensity agents]), float32."""
         if not self.has_agents:
             raise ValueError("this model was built without the agent decoders (agents=False)")
         shape = state.shape[-3:]
         s = self._pad(state)
-        p = self.policy_decoder(feats, s)
-        v = self.value_decoder(feats, s)
+        with autocast(self.precision, state.device):
+            p = self.policy_decoder(feats, s)
+            v = self.value_decoder(feats, s)
+            heads = self.label_head(p), self.intensity_head(p), self.value_head(v)
         crop = (Ellipsis, slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
-        return self.label_head(p)[crop], self.intensity_head(p)[crop], self.value_head(v)[crop]
+        return tuple(h[crop].float() for h in heads)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Segmentation logits (B, 1, D, H, W) of an image batch (B, 1, D, H, W)."""

@@ -102,11 +102,13 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
                  cpu_minutes: float | None = None, updates: int | None = None, stages=None, seed: int = 0,
                  device="cpu", eval_labels=None, label_value: int | None = 1, modality: str = "auto",
                  config: dict | None = None, model_config: dict | None = None, threads: int | None = None,
-                 progress: bool = True, plot: bool = True) -> dict:
+                 progress: bool = True, plot: bool = True, precision: str | None = None) -> dict:
     """Train ``method`` on ``data`` (Decathlon layout, noisy labelsTr) and write ``out`` (module doc).
 
     Budget: ``updates``, wall ``minutes``, or ``cpu_minutes`` (whichever ends first; default
-    10 wall minutes). Returns the report dict (also written to ``out/report.json``).
+    10 wall minutes). ``precision``: auto (None), fp32 or bf16 (``agents.common.precision``);
+    the report's ``precision`` is the resolved one. Returns the report dict (also written to
+    ``out/report.json``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -138,7 +140,7 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
 
     ts = load_training_set(data, label_value=label_value, modality=modality, progress=progress)
     result: TrainResult = train(method, ts, budget=budget, seed=seed, stages=stages, config=cfg,
-                                model_config=model_config, device=dev, progress=progress)
+                                model_config=model_config, device=dev, progress=progress, precision=precision)
 
     # -- outputs (before anything may look at clean labels)
     out.mkdir(parents=True, exist_ok=True)

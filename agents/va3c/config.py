@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.common.budget import scheduled_lr
+from agents.common.precision import PRECISIONS
 
 
 KIND = "va3c"
@@ -31,8 +32,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # reward
     "reward_scale": "voxels", "reward_conv": True, "reward_conv_size": 3,
     "action_rewards": True,
-    # execution
-    "deterministic": True, "threads": None,
+    # execution; precision: "auto", "fp32" or "bf16" (agents.common.precision), resolved when a run starts
+    "deterministic": True, "threads": None, "precision": "auto",
 }
 
 _PRIVATE_KEYS = ("_stop_after", "_crash_after", "_crash_mode")  # test hooks
@@ -62,6 +63,8 @@ def make_config(**config) -> dict:
     rs = cfg["reward_scale"]
     if not (rs == "voxels" or (isinstance(rs, (int, float)) and not isinstance(rs, bool) and rs > 0)):
         raise ValueError(f"reward_scale must be 'voxels' or a positive number, got {rs!r}")
+    if cfg["precision"] not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg['precision']!r}")
     if int(cfg["reward_conv_size"]) % 2 != 1:
         raise ValueError(f"reward_conv_size must be odd, got {cfg['reward_conv_size']!r}")
     return cfg

@@ -11,6 +11,7 @@ from gymnasium.vector import AutoresetMode
 
 from agents.common.budget import update_seed
 from agents.common.distributions import gumbel_sample
+from agents.common.precision import autocast
 from agents.va3c.config import lr_at, stage_at
 from agents.va3c.losses import _augment, a2c_segment_loss, scale_for, supervised_loss
 from agents.va3c.model import VA3CModel
@@ -40,6 +41,13 @@ class Learner:
         if cfg["warmup"] and not self.is_label:
             raise ValueError("the supervised warmup needs action_set='label'; pass warmup=False")
         self.use_mac = bool(cfg["action_rewards"]) and self.is_label
+
+    def _forward(self, obs: torch.Tensor, hidden: torch.Tensor | None = None):
+        """The model under the run's precision -> (logits, value, hidden), float32 whatever the
+        precision: losses, advantages and log-probabilities are computed in float32."""
+        with autocast(self.cfg["precision"], self.device):
+            logits, value, hidden = self.model(obs, hidden)
+        return logits.float(), value.float(), None if hidden is None else hidden.float()
 
     def _set_lr(self, lr: float) -> None:
         for g in self.opt.param_groups:
@@ -83,7 +91,7 @@ class Learner:
                 states.append(obs)
                 masks.append(s["mask"].clone())
                 targets.append(s["target"].clone())
-                logits, _, hidden = model(obs, hidden)
+                logits, _, hidden = self._forward(obs, hidden)
                 a = logits.argmax(1) if cfg["warmup_behaviour"] == "greedy" else gumbel_sample(logits, gen)
                 obs, reward, _, _, info = env.step(a)
         model.train()
@@ -100,7 +108,7 @@ class Learner:
                     x, mk, g = _augment([X, M, G], gen)
                 h, loss, parts = None, 0.0, {"sup_dice": 0.0, "sup_ce": 0.0}
                 for t in range(T):
-                    logits, _, h = model(x[t], h)
+                    logits, _, h = self._forward(x[t], h)
                     step_loss, p = supervised_loss(logits, mk[t], g[t], cfg["sup_dice"], cfg["sup_ce"])
                     loss = loss + step_loss / T
                     parts = {k: parts[k] + p[k] / T for k in parts}
@@ -110,7 +118,7 @@ class Learner:
                 x, mk, g = (Y.flatten(0, 1)[idx] for Y in (X, M, G))
                 if cfg["augment"]:
                     x, mk, g = _augment([x, mk, g], gen)
-                logits, _, _ = model(x)
+                logits, _, _ = self._forward(x)
                 loss, parts = supervised_loss(logits, mk, g, cfg["sup_dice"], cfg["sup_ce"])
                 n_vox += B * int(np.prod(env.patch_shape))
             gns.append(self._step(loss))
@@ -137,7 +145,7 @@ class Learner:
             for _ in range(T):
                 s = env.state_tensors()
                 mask, target = s["mask"], s["target"]
-                logits, value, hidden = model(obs, hidden)
+                logits, value, hidden = self._forward(obs, hidden)
                 logp_all = logits.log_softmax(1)
                 probs = logp_all.exp()
                 a = gumbel_sample(logits, gen)
@@ -155,7 +163,7 @@ class Learner:
             done_steps += T
             if done_steps < env.max_steps:
                 with torch.no_grad():
-                    _, boot, _ = model(obs, hidden)
+                    _, boot, _ = self._forward(obs, hidden)
                 hidden = hidden.detach() if hidden is not None else None
             else:
                 boot = torch.zeros_like(vals[-1])

@@ -17,6 +17,7 @@ from agents.common.budget import Budget, update_seed
 from agents.common.checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint,
                                       validate_state_dict)
 from agents.common.networks import PolicyValueNet
+from agents.common.precision import resolve_precision
 from agents.va3c.async_workers import _async_worker
 from agents.va3c.config import KIND, _PRIVATE_KEYS, make_config
 from agents.va3c.learner import (Learner, _check_optimizer_state, load_optimizer_tensors, make_env, make_optimizer,
@@ -47,6 +48,7 @@ class VA3CRun:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers!r}")
         self.device = self.env.torch_device
+        self.cfg["precision"] = resolve_precision(self.cfg["precision"], self.device)  # what config.json records
         n_ch, n_act = self.env.num_channels, self.env.num_actions
         self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
                                int(self.cfg["reward_conv_size"]))
@@ -79,7 +81,10 @@ class VA3CRun:
 
     @classmethod
     def resume(cls, path, *, updates: int | None = None, minutes: float | None = None,
-               cpu_minutes: float | None = None, workers: int | None = None) -> "VA3CRun":
+               cpu_minutes: float | None = None, workers: int | None = None,
+               precision: str | None = None) -> "VA3CRun":
+        """Continue the run of a checkpoint; ``precision`` None keeps the run's own (weights and
+        optimiser states are float32 in either, so a run may change precision when resumed)."""
         ck = load_checkpoint(resolve_checkpoint(path), KIND)
         cfg, meta, where = ck["config"], ck["meta"], ck["path"]
         if "train" not in cfg or "update" not in meta or "optimizer" not in ck["tensors"]:
@@ -97,6 +102,8 @@ class VA3CRun:
             env, seed, train = EnvConfig.from_json(cfg["env"]), int(cfg["seed"]), cfg["train"]
             if not isinstance(train, dict):
                 raise TypeError("the train config must be an object")
+            # checkpoints from before --precision existed were trained in fp32
+            train = {**train, "precision": precision if precision is not None else train.get("precision", "fp32")}
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: malformed training state in the checkpoint "
                                   f"({type(exc).__name__}: {exc})") from None

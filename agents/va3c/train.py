@@ -75,13 +75,15 @@ class _Bar:
 def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, updates: int | None = None,
                  seed: int = 0, workers: int = 0, out=None, progress: bool = True, resume=None,
                  checkpoint_every: int = 50, tensorboard: bool = True, cpu_minutes: float | None = None,
+                 precision: str | None = None,
                  **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
     """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object).
 
     Everything that can be checked is checked before the run folder is touched: options,
     the checkpoint to resume, the data (every case of a NIfTI folder is read once), and the
     memory the configuration needs. Ctrl-C ends the run after the current update with a
-    final checkpoint, then raises ``KeyboardInterrupt``.
+    final checkpoint, then raises ``KeyboardInterrupt``. ``precision`` (auto/fp32/bf16):
+    None is ``auto`` for a new run and the run's own precision for a resumed one.
     """
     from agents.cli.envargs import validate_env
 
@@ -92,10 +94,12 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
         ck_path = resolve_checkpoint(resume)
         resume_dir = ck_path.parent
         run = VA3CRun.resume(ck_path, updates=updates, minutes=minutes, cpu_minutes=cpu_minutes,
-                             workers=workers if workers else None)
+                             workers=workers if workers else None, precision=precision)
         if out is None:
             out = resume_dir
     else:
+        if precision is not None:
+            config["precision"] = precision
         run = VA3CRun(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
                       config=config)
     validate_env(run.env)  # bad data is named now, not by a worker at update 37
@@ -113,7 +117,7 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
         ckpt = out_dir / "checkpoint.pt"
     try:
         if out_dir is not None:
-            cfg = {**run.checkpoint_config(), "agent": "va3c"}
+            cfg = {**run.checkpoint_config(), "agent": "va3c", "precision": run.cfg["precision"]}
             write_json(out_dir / "config.json", cfg)
             mcsv = MetricsCSV(out_dir / "metrics.csv", METRIC_FIELDS,
                               keep_below=run.update if resume is not None else None,
@@ -181,7 +185,7 @@ def train_from_args(args) -> Path:
     _, run_dir, run = run_training(
         env_config(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
         out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        num_envs=args.num_envs)
+        num_envs=args.num_envs, precision=args.precision)
     return run_dir
 
 
@@ -192,7 +196,8 @@ def train_va3c(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, up
     Budget: ``updates`` (one update = ``num_envs`` fresh episodes) and/or ``minutes`` (wall
     clock; whichever ends first); neither -> 200 updates. ``workers`` > 0: asynchronous mode.
     ``out``: run folder (``checkpoint.pt``, ``config.json``, ``metrics.csv``, TensorBoard
-    events); ``None`` writes nothing. Extra keywords: ``DEFAULT_CONFIG`` options, plus run
+    events); ``None`` writes nothing. Extra keywords: ``DEFAULT_CONFIG`` options (``precision``:
+    auto, fp32 or bf16, see ``agents.common.precision``), plus run
     options ``resume`` (a run folder / checkpoint to continue; its config wins),
     ``checkpoint_every`` (updates, default 50) and ``tensorboard`` (default True).
     """

@@ -1,6 +1,6 @@
 """The staged pipeline's methods behind one table: ``METHODS`` maps a name (``svl-drl pipeline
 --method``) to its ``Method``. Every method trains the same backbone on the same budget and has
-``train(ts, *, budget, seed, stages, cfg, model_config, device, progress) -> TrainResult``.
+``train(ts, *, budget, seed, stages, cfg, model_config, device, progress, precision) -> TrainResult``.
 
 - ``svl-drl`` (default): the paper's staged framework (``svl_drl``).
 - ``noisy``: plain training on the given labels (``noisy``).
@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from agents.common.budget import Budget
+from agents.common.precision import resolve_precision
 from agents.staged.data import TrainingSet
 from agents.staged.harness import TrainResult, make_train_config
 from agents.staged.methods import coteaching, noisy, svl_drl
@@ -39,10 +40,18 @@ METHODS: dict[str, Method] = {
 
 
 def train(method: str, ts: TrainingSet, *, budget: Budget, seed: int = 0, stages=STAGES, config: dict | None = None,
-          model_config: dict | None = None, device="cpu", progress: bool = True) -> TrainResult:
-    """Train ``method`` on the training set within ``budget``. Never reads anything but ``ts``."""
+          model_config: dict | None = None, device="cpu", progress: bool = True,
+          precision: str | None = None) -> TrainResult:
+    """Train ``method`` on the training set within ``budget``. Never reads anything but ``ts``.
+
+    ``precision``: auto (None), fp32 or bf16 (``agents.common.precision``) for every forward pass
+    of training and label refinement; the resolved value is ``extra["precision"]``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     cfg = make_train_config(**(config or {}))
-    return METHODS[method].train(ts, budget=budget, seed=seed, stages=stages, cfg=cfg, model_config=model_config,
-                                 device=torch.device(device), progress=progress)
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    result = METHODS[method].train(ts, budget=budget, seed=seed, stages=stages, cfg=cfg, model_config=model_config,
+                                   device=device, progress=progress, precision=precision)
+    result.extra["precision"] = precision
+    return result

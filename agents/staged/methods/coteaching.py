@@ -57,12 +57,14 @@ def small_loss_mask(voxel_loss: torch.Tensor, label: torch.Tensor, drop: float) 
 
 
 def train(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, model_config: dict | None, device,
-          progress: bool = True, stages=None) -> TrainResult:
+          progress: bool = True, stages=None, precision: str = "fp32") -> TrainResult:
     """Networks A and B over the whole budget (``stages`` is not used: one stage); the output is A."""
     from tqdm.auto import tqdm
 
     mcfg = {**(model_config or {}), "agents": False}
     nets = [make_model(mcfg, seed=seed).to(device), make_model(mcfg, seed=seed + 7919).to(device)]
+    for n in nets:
+        n.precision = precision
     opts = [torch.optim.Adam(n.parameters(), lr=cfg["lr"]) for n in nets]
     ema = WeightEMA(nets[0], cfg["ema"])  # the output network (A), averaged like every method's
     patch = (int(cfg["patch"]),) * 3

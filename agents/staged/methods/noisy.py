@@ -14,8 +14,9 @@ __all__ = ["train"]
 
 
 def train(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, model_config: dict | None, device,
-          progress: bool = True, stages=None) -> TrainResult:
+          progress: bool = True, stages=None, precision: str = "fp32") -> TrainResult:
     """The Warmup stage over the whole budget (``stages`` is not used: one stage)."""
     plan = stage_plan(("warmup",), cfg)
     model = make_model({**(model_config or {}), "agents": False}, seed=seed).to(device)
+    model.precision = precision
     return StagedRun(model, ts, plan, cfg, budget, seed, device, progress).run()

@@ -67,11 +67,12 @@ def stage_plan(stages, cfg: dict) -> list[tuple[str, float, float]]:
 
 
 def train(ts: TrainingSet, *, budget: Budget, seed: int, stages, cfg: dict, model_config: dict | None, device,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, precision: str = "fp32") -> TrainResult:
     """The staged framework over the enabled ``stages``; the label agents exist only when a stage needs them."""
     plan = stage_plan(stages, cfg)
     agents = any(s in ("transition", "full") for s, _, _ in plan)
     model = make_model({**(model_config or {}), "agents": agents}, seed=seed).to(device)
+    model.precision = precision
     return StagedRun(model, ts, plan, cfg, budget, seed, device, progress).run()
 
 

@@ -1,0 +1,307 @@
+"""vA3C's learner: fp32 vs bf16 (and memory layouts), the split of a whole update, the share of
+the machine's bf16 matrix peak, and Dice at equal updates -- measured side by side in one run.
+
+    python benchmarks/learner_speed.py [--repeats 7] [--dice-updates 40] [--dice-seeds 0 1] [--compile]
+
+Sections of the printed Markdown:
+
+1. **Network step** -- vA3C's default network (``DEFAULT_CONFIG``: U-Net width 8, depth 3) on
+   ``num_envs`` x 32^3 patches (8: the default; 2: the quick preset), one forward + backward
+   (Warmup's supervised loss) + Adam step per timing. Modes alternate within every repeat (so
+   all see the same load on a shared machine); the table gives medians. The FLOPs of a step come
+   from ``torch.utils.flop_counter``; the share of the peak divides the step's FLOP/s by that of
+   a large bf16 matmul timed in the same run.
+2. **Whole update** -- real ``Learner.update`` calls (a Warmup and a policy-stage update)
+   with the time split into rollout inference (no-grad forwards), forwards with grad, env steps,
+   losses, backward and the optimiser; voxel-agent updates/s as the learner reports them.
+3. **Dice at equal updates** -- vA3C trained for ``--dice-updates`` updates (quick preset,
+   2 envs) from the same seeds in fp32 and bf16, scored on the same evaluation episodes.
+4. ``torch.compile`` (``--compile``): compile time and the compiled step, and the break-even
+   point against the quick leaderboard's 7 CPU-minute budget.
+
+Where CUDA is available the network step and the peak also run on the GPU (rows ``cuda``);
+elsewhere the output says that those rows are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agents.common.precision import autocast, native_bf16
+from agents.va3c.config import DEFAULT_CONFIG
+from agents.va3c.losses import supervised_loss
+from agents.va3c.model import _env_dims, _init_net
+
+CL = torch.channels_last_3d
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- 1. the network step
+class NetStep:
+    """One forward + backward + Adam step of the default vA3C network in one mode."""
+
+    def __init__(self, precision: str, layout: str, batch: int, patch: int, device, compiled: bool = False):
+        n_ch, n_act = _env_dims({})
+        self.net = _init_net(dict(DEFAULT_CONFIG), n_ch, n_act, seed=0).to(device)
+        fmt = CL if layout == "channels_last_3d" else torch.contiguous_format
+        self.net = self.net.to(memory_format=fmt)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-4, foreach=False)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(batch, n_ch, patch, patch, patch, generator=g).to(device).contiguous(memory_format=fmt)
+        shape = (batch, patch, patch, patch)
+        self.mask = (torch.rand(shape, generator=g) > 0.5).float().to(device)
+        self.target = (torch.rand(shape, generator=g) > 0.5).float().to(device)
+        self.precision, self.device = precision, torch.device(device)
+        self.forward = torch.compile(self.net) if compiled else self.net
+
+    def loss(self):
+        with autocast(self.precision, self.device):
+            logits, value, _ = self.forward(self.x)
+        return supervised_loss(logits.float(), self.mask, self.target)[0] + value.float().square().mean()
+
+    def __call__(self) -> float:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.opt.step()
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+    def flops(self) -> float:
+        """Forward + backward FLOPs of one step (convolutions and matmuls)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            self.net.zero_grad(set_to_none=True)
+            with autocast(self.precision, self.device):
+                logits, value, _ = self.net(self.x)
+            (supervised_loss(logits.float(), self.mask, self.target)[0] + value.float().square().mean()).backward()
+        return float(fc.get_total_flops())
+
+
+def matmul_peak(dtype, device, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of a large square matmul (the machine's matrix peak in ``dtype``), best of ``reps``."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def network_rows(device, batches, repeats: int, layouts) -> list[dict]:
+    modes = [(p, lay) for lay in layouts for p in ("fp32", "bf16")]
+    rows = []
+    peak = matmul_peak(torch.bfloat16, device)
+    peak32 = matmul_peak(torch.float32, device)
+    for batch in batches:
+        steps = {m: NetStep(*m, batch=batch, patch=32, device=device) for m in modes}
+        flops = steps[modes[0]].flops()
+        for s in steps.values():  # first calls: allocations, oneDNN primitive creation
+            s()
+            s()
+        times: dict = {m: [] for m in modes}
+        for _ in range(repeats):
+            for m in modes:  # interleaved: every mode sees the same load
+                times[m].append(steps[m]())
+        base = statistics.median(times[("fp32", layouts[0])])
+        for m in modes:
+            t = statistics.median(times[m])
+            rows.append({"device": torch.device(device).type, "batch": batch, "precision": m[0], "layout": m[1],
+                         "ms": 1e3 * t, "speedup": base / t, "voxel_updates_per_s": batch * 32 ** 3 / t,
+                         "tflops": flops / t / 1e12, "peak_share": flops / t / peak,
+                         "spread": (1e3 * min(times[m]), 1e3 * max(times[m]))})
+    for r in rows:
+        r["peak_tflops"], r["peak32_tflops"] = peak / 1e12, peak32 / 1e12
+    return rows
+
+
+# --------------------------------------------------------------------------- 2. the whole update
+PARTS = ("rollout inference", "forward (grad)", "env step", "loss", "backward", "optimiser", "other")
+
+
+class _Timer:
+    def __init__(self):
+        self.s = dict.fromkeys(PARTS, 0.0)
+
+    def wrap(self, fn, part=None):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                key = part or ("forward (grad)" if torch.is_grad_enabled() else "rollout inference")
+                self.s[key] += time.perf_counter() - t0
+        return timed
+
+
+def update_split(precision: str, num_envs: int, stage: str, repeats: int, seed: int = 0) -> dict:
+    """Median seconds per part of ``repeats`` vA3C updates of ``stage`` (warmup or policy)."""
+    import agents.va3c.learner as L
+    from agents.common.budget import Budget, update_seed
+    from agents.va3c.run import VA3CRun
+
+    run = VA3CRun({"patch_size": 32}, budget=Budget(updates=1), seed=seed,
+                  config={"num_envs": num_envs, "precision": precision})
+    env = L.make_env(run.env, num_envs, True)
+    learner = L.Learner(run.model, run.opt, env, run.cfg)
+    progress = 0.0 if stage == "warmup" else 0.9
+    per, vups = [], []
+    saved = L.supervised_loss, L.a2c_segment_loss
+    try:
+        for r in range(repeats + 1):
+            t = _Timer()
+            learner._forward = t.wrap(L.Learner._forward.__get__(learner))
+            env.step = t.wrap(type(env).step.__get__(env), "env step")
+            L.supervised_loss, L.a2c_segment_loss = (t.wrap(f, "loss") for f in saved)
+            opt_step = t.wrap(type(run.opt).step.__get__(run.opt), "optimiser")
+            run.opt.step = opt_step
+            inner = L.Learner._step.__get__(learner)
+            t_step = _Timer()
+            learner._step = t_step.wrap(inner, "backward")
+            t0 = time.perf_counter()
+            m = learner.update(r, progress, update_seed(seed, r))
+            total = time.perf_counter() - t0
+            t.s["backward"] = t_step.s["backward"] - t.s["optimiser"]  # _step = zero_grad + backward + clip + step
+            t.s["other"] = total - sum(v for k, v in t.s.items() if k != "other")
+            if r:  # the first update warms up allocations
+                per.append({**t.s, "total": total})
+                vups.append(m["voxel_updates_per_s"])
+    finally:
+        L.supervised_loss, L.a2c_segment_loss = saved
+        env.close()
+    med = {k: statistics.median(p[k] for p in per) for k in (*PARTS, "total")}
+    med["voxel_updates_per_s"] = statistics.median(vups)
+    return med
+
+
+# --------------------------------------------------------------------------- 3. Dice at equal updates
+def dice_after(precision: str, seed: int, updates: int, episodes: int) -> float:
+    from agents.eval.episodes import run_episodes
+    from agents.va3c.train import train_va3c
+
+    env = {"patch_size": 32}
+    pol = train_va3c(env, updates=updates, seed=seed, progress=False, num_envs=2, precision=precision)
+    recs, _ = run_episodes(pol, env, episodes, 50_000, batch_size=8, progress=False)
+    return float(np.mean([r["dice"] for r in recs]))
+
+
+# --------------------------------------------------------------------------- 4. torch.compile
+def compile_row(precision: str, batch: int, repeats: int) -> dict:
+    eager = NetStep(precision, "contiguous", batch, 32, "cpu")
+    comp = NetStep(precision, "contiguous", batch, 32, "cpu", compiled=True)
+    t0 = time.perf_counter()
+    comp()
+    comp()  # the backward graph compiles on the first backward; a second call settles guards
+    compile_s = time.perf_counter() - t0
+    eager()
+    te, tc = [], []
+    for _ in range(repeats):
+        te.append(eager())
+        tc.append(comp())
+    e, c = statistics.median(te), statistics.median(tc)
+    return {"precision": precision, "batch": batch, "compile_s": compile_s, "eager_ms": 1e3 * e,
+            "compiled_ms": 1e3 * c, "break_even_steps": compile_s / (e - c) if e > c else float("inf")}
+
+
+# --------------------------------------------------------------------------- report
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=7, help="timed steps per mode (medians are reported)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 2],
+                    help="patches per network step (8: DEFAULT_CONFIG num_envs; 2: the quick preset)")
+    ap.add_argument("--update-repeats", type=int, default=3, help="timed whole updates per precision and stage")
+    ap.add_argument("--dice-updates", type=int, default=40, help="vA3C updates before scoring Dice (0: skip)")
+    ap.add_argument("--dice-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of the Dice rows")
+    ap.add_argument("--episodes", type=int, default=16, help="evaluation episodes of the Dice rows")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    def emit(*lines: str) -> None:  # section by section: a long run shows its numbers as they come
+        print("\n".join(lines), flush=True)
+
+    emit(*[f"## vA3C learner speed ({platform.processor() or platform.machine()}, {args.threads} threads, "
+           f"torch {torch.__version__}, load average {load:.2f} at the start)", "",
+           f"Native bf16 on the CPU: {native_bf16('cpu')}. Medians of {args.repeats} interleaved steps.", ""])
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for dev in devices:
+        rows += network_rows(dev, args.batches, args.repeats, ["contiguous", "channels_last_3d"])
+    out = ["### Network step (forward + backward + Adam, U-Net width 8 depth 3, 32^3 patches)", "",
+            "| device | patches | precision | layout | ms/step | vs fp32 | voxel-agent updates/s | TFLOP/s "
+            "| share of bf16 matmul peak |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['device']} | {r['batch']} | {r['precision']} | {r['layout']} | {r['ms']:.0f} "
+                   f"({r['spread'][0]:.0f}-{r['spread'][1]:.0f}) | {r['speedup']:.2f}x | "
+                   f"{r['voxel_updates_per_s'] / 1e6:.2f} M | {r['tflops']:.3f} | {100 * r['peak_share']:.1f} % |")
+    for dev in devices:
+        r = next(x for x in rows if x["device"] == dev)
+        out.append(f"\nMatmul peak ({dev}, 2048^2): bf16 {r['peak_tflops']:.2f} TFLOP/s, "
+                   f"fp32 {r['peak32_tflops']:.2f} TFLOP/s.")
+    if "cuda" not in devices:
+        out.append("\nCUDA: not available on this machine -- the cuda rows are added where it is.")
+    emit(*out)
+
+    out = ["", "### Whole update, split (quick preset: 2 envs, 32^3; median seconds per update)", "",
+            "| stage | precision | " + " | ".join(PARTS) + " | total | voxel-agent updates/s |",
+            "|---|---|" + "---:|" * (len(PARTS) + 2)]
+    for stage in ("warmup", "policy"):
+        for prec in ("fp32", "bf16"):
+            s = update_split(prec, 2, stage, args.update_repeats)
+            out.append(f"| {stage} | {prec} | " + " | ".join(f"{s[p]:.3f}" for p in PARTS)
+                       + f" | {s['total']:.3f} | {s['voxel_updates_per_s'] / 1e6:.2f} M |")
+    emit(*out)
+
+    if args.dice_updates > 0:
+        out = ["", f"### Dice after {args.dice_updates} updates (quick preset, {args.episodes} evaluation "
+                    "episodes, same seeds)", "", "| precision | " + " | ".join(f"seed {s}" for s in args.dice_seeds)
+                + " | mean | spread (max - min) |", "|---|" + "---:|" * (len(args.dice_seeds) + 2)]
+        dice = {p: {} for p in ("fp32", "bf16")}
+        for seed in args.dice_seeds:  # interleaved too: fp32 and bf16 runs of a seed back to back
+            for prec in dice:
+                dice[prec][seed] = dice_after(prec, seed, args.dice_updates, args.episodes)
+        for prec, d in dice.items():
+            v = list(d.values())
+            out.append(f"| {prec} | " + " | ".join(f"{x:.4f}" for x in v)
+                       + f" | {np.mean(v):.4f} | {max(v) - min(v):.4f} |")
+        diff = [dice["bf16"][s] - dice["fp32"][s] for s in args.dice_seeds]
+        out.append(f"\nbf16 - fp32, same seed: {', '.join(f'{d:+.4f}' for d in diff)}.")
+        emit(*out)
+
+    if args.compile:
+        out = ["", "### torch.compile (CPU, contiguous layout)", "",
+                "| precision | patches | compile s | eager ms | compiled ms | break-even steps |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for prec in ("fp32", "bf16"):
+            c = compile_row(prec, 2, args.repeats)
+            out.append(f"| {prec} | 2 | {c['compile_s']:.0f} | {c['eager_ms']:.0f} | {c['compiled_ms']:.0f} | "
+                       f"{c['break_even_steps']:.0f} |")
+        emit(*out)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    emit(f"\nLoad average at the end: {load_end:.2f}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

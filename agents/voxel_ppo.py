@@ -151,7 +151,7 @@ def ppo_loss(net, obs, actions, old_logp, adv, returns, old_values, args: Args) 
     """PPO-clip per voxel on a minibatch of N patch states.
 
     obs (N, C, D, H, W); actions, old_logp, adv, returns, old_values (N, D, H, W).
-    Returns (loss, metrics floats); every term is a mean over voxels.
+    Returns (loss, metrics as 0-d tensors, read once per update); every term is a mean over voxels.
     """
     logits, value, _ = net(obs)
     logp_all = logits.log_softmax(1)
@@ -180,6 +180,7 @@ def rollout(net, env, args: Args, scale: float, gen: torch.Generator, env_seeds:
     """``num_envs`` whole episodes with sampled actions -> tensors stacked over steps (T, B, ...)."""
     obs, _ = env.reset(seed=env_seeds)
     buf = {k: [] for k in ("obs", "actions", "logp", "values", "rewards", "expected")}
+    episode_reward = torch.zeros(env.num_envs, dtype=torch.float64)
     for _ in range(env.max_steps):
         logits, value, _ = net(obs)
         logp_all = logits.log_softmax(1)
@@ -189,12 +190,13 @@ def rollout(net, env, args: Args, scale: float, gen: torch.Generator, env_seeds:
         buf["logp"].append(logp_all.gather(1, a[:, None])[:, 0])
         buf["values"].append(value)
         obs, reward, _, _, info = env.step(a)
+        episode_reward += torch.as_tensor(reward, dtype=torch.float64).cpu()
         buf["rewards"].append(info["reward_map"].float() * scale)
         if args.baseline == "counterfactual":
             buf["expected"].append((logp_all.exp() * info["action_rewards"].float()).sum(1) * scale)
     out = {k: torch.stack(v) for k, v in buf.items() if v}
     out["dice"] = float(torch.as_tensor(info["dice_clean"] if "dice_clean" in info else info["dice"]).double().mean())
-    out["episode_reward"] = float(torch.as_tensor(reward).double().mean())
+    out["episode_reward"] = float(episode_reward.mean())  # the scalar rewards' sum, mean over episodes
     return out
 
 

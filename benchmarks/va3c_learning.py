@@ -8,10 +8,10 @@ held-out seeded episodes (``agents.eval.episodes.run_episodes``; episode i = res
 - the untrained policy (vA3C's keep-biased init, which *is* the identity, and PixelRL's
   near-uniform init);
 - vA3C full and, at the same budget, the ``supervised`` control (agents.supervised: vA3C's network
-  and Warmup loss for the whole budget, no value or policy stage); ablations: without Warmup, without the reward-map convolution, without the
-  counterfactual action rewards, and plain PixelRL-style A2C (no warmup, no supervised term,
-  uniform init) -- ablations at a shorter budget, stated in the table, next to vA3C full at
-  that same budget.
+  and Warmup loss for the whole budget, no value or policy stage); ablations: without Warmup,
+  without the reward-map convolution, without the counterfactual action rewards, and plain
+  PixelRL-style A2C (no warmup, no supervised term, uniform init) -- ablations at a shorter
+  budget, stated in the table, next to vA3C full at that same budget.
 
 Budgets are CPU time of the training process by default: "10 minutes on 2 cores" is
 ``--cpu-minutes 20`` (with 2 threads), a budget other programs sharing the machine cannot

@@ -10,6 +10,7 @@ from agents import registry
 from agents.cli import main
 from agents.common.checkpoint import CheckpointError, load_checkpoint
 from agents.eval.episodes import run_episodes
+from agents.eval.refine import load_policy as refine_load_policy
 from agents.heuristics import IdentityPolicy
 from agents.supervised import SupervisedPolicy, SupervisedRun, train_supervised
 from agents.va3c import Budget, VA3CPolicy
@@ -62,5 +63,7 @@ def test_train_cli_sees_the_agent(tmp_path, capsys):
     assert main(["train", "--agent", "supervised", "--updates", "2", "--num-envs", "2", "--patch-size", "16",
                  "--out", str(run), "--no-progress"]) == 0
     assert load_checkpoint(run / "checkpoint.pt")["kind"] == "supervised"
+    pol, env = refine_load_policy(run)  # what `svl-drl refine --checkpoint RUN` loads
+    assert isinstance(pol, SupervisedPolicy) and env["patch_size"] == 16
     assert main(["train", "--agent", "supervised", "--resume", str(run), "--updates", "3", "--no-progress"]) == 0
     assert load_checkpoint(run / "checkpoint.pt")["meta"]["update"] == 3

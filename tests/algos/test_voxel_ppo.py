@@ -11,6 +11,7 @@ from agents import registry
 from agents.cli import main
 from agents.common.checkpoint import CheckpointError, load_checkpoint
 from agents.eval.episodes import run_episodes
+from agents.eval.refine import load_policy as refine_load_policy
 from agents.heuristics import IdentityPolicy
 from agents.va3c import VA3CPolicy
 from agents.voxel_ppo import Args, VoxelPPOPolicy, compute_advantages, train
@@ -75,3 +76,5 @@ def test_train_cli_sees_the_agent(tmp_path):
     assert load_checkpoint(run / "checkpoint.pt")["config"]["train"]["num_envs"] == 2
     assert main(["evaluate", "--checkpoint", str(run), "--episodes", "2", "--out", str(tmp_path / "ev"),
                  "--no-progress"]) == 0
+    pol, env = refine_load_policy(run)  # what `svl-drl refine --checkpoint RUN` loads
+    assert isinstance(pol, VoxelPPOPolicy) and env["patch_size"] == 12

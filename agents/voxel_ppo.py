@@ -70,7 +70,7 @@ class Args:
     convgru: bool = False  # a recurrent policy is not supported by this PPO (states are shuffled)
     keep_bias: float = 2.0
     # rollout
-    num_envs: int = 8
+    num_envs: int = 4  # at a few CPU-minutes more, smaller updates beat fewer, larger ones (32^3: 8 -> 0.60, 4 -> 0.65)
     # advantages
     gamma: float = 0.5
     gae_lambda: float = 0.95

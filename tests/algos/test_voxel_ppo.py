@@ -28,7 +28,7 @@ def _dice(policy, episodes=16) -> float:
 def test_voxel_ppo_learns_a_margin_over_identity_and_round_trips(tmp_path):
     torch.set_num_threads(1)
     run = tmp_path / "run"
-    policy = train(env_kwargs=ENV, seed=0, out=run, progress=False, updates=UPDATES)
+    policy = train(env_kwargs=ENV, seed=0, out=run, progress=False, updates=UPDATES, num_envs=8)
     ident, learned = _dice(IdentityPolicy()), _dice(policy)
     assert learned > ident + 0.05, (learned, ident)
 

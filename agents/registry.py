@@ -174,6 +174,15 @@ register_agent(AgentSpec(
     train="agents.va3c:train_va3c", load="agents.va3c:VA3CPolicy.load", train_cli="agents.va3c:train_from_args",
     description="voxel-level A3C (PixelRL-style), trained in stages: Warmup -> value -> policy"))
 register_agent(AgentSpec(
+    name="supervised", label="supervised (vA3C net, Warmup loss only)", kind="supervised", takes_workers=True,
+    train="agents.supervised:train_supervised", load="agents.supervised:SupervisedPolicy.load",
+    train_cli="agents.supervised:train_from_args",
+    description="control: vA3C's network and Warmup loss for the whole budget, no value or policy stage"))
+register_agent(AgentSpec(
+    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo",
+    train="agents.voxel_ppo:train", load="agents.voxel_ppo:load", train_cli="agents.voxel_ppo:train_from_args",
+    description="single-file PPO on per-voxel advantages from reward_map (agents/voxel_ppo.py)"))
+register_agent(AgentSpec(
     name="ppo", label="PPO (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "ppo"}, in_benchmark=True,
     claims=_sb3_zip_is, takes_precision=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",

@@ -7,10 +7,11 @@ held-out seeded episodes (``agents.eval.episodes.run_episodes``; episode i = res
 - the noisy annotation (identity policy) and a 3x3x3 majority filter of it;
 - the untrained policy (vA3C's keep-biased init, which *is* the identity, and PixelRL's
   near-uniform init);
-- vA3C full, and ablations: without Warmup, without the reward-map convolution, without the
-  counterfactual action rewards, and plain PixelRL-style A2C (no warmup, no supervised term,
-  uniform init) -- ablations at a shorter budget, stated in the table, next to vA3C full at
-  that same budget.
+- vA3C full and, at the same budget, the ``supervised`` control (agents.supervised: vA3C's network
+  and Warmup loss for the whole budget, no value or policy stage); ablations: without Warmup,
+  without the reward-map convolution, without the counterfactual action rewards, and plain
+  PixelRL-style A2C (no warmup, no supervised term, uniform init) -- ablations at a shorter
+  budget, stated in the table, next to vA3C full at that same budget.
 
 Budgets are CPU time of the training process by default: "10 minutes on 2 cores" is
 ``--cpu-minutes 20`` (with 2 threads), a budget other programs sharing the machine cannot
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     progress = not args.no_progress
     env_kwargs = dict(patch_size=args.patch_size)
     from agents.heuristics import IdentityPolicy
+    from agents.supervised import SupervisedRun
     from agents.va3c import DEFAULT_CONFIG, VA3CPolicy
 
     def budget(full: bool) -> dict:
@@ -154,6 +156,7 @@ def main(argv=None) -> int:
     jobs = []
     if "full" not in args.skip:
         jobs.append(("vA3C full", {}, True))
+        jobs.append(("supervised (vA3C net, Warmup loss only)", {"run_class": SupervisedRun}, True))
     if "ablations" not in args.skip:
         jobs += [(name, cfg, False) for name, cfg in variants]
     if args.jobs <= 1:

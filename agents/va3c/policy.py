@@ -26,6 +26,7 @@ class VA3CPolicy(Policy):
     """
 
     name = "va3c"
+    kind = KIND  #: the checkpoint kind it saves and loads (a subclass reusing the format sets its own)
 
     def __init__(self, net: PolicyValueNet, config: dict | None = None, device="cpu", name: str | None = None):
         self.device = torch.device(device)
@@ -69,12 +70,12 @@ class VA3CPolicy(Policy):
 
     def save(self, path) -> Path:
         cfg = {"net": self.net.config, "train": self.config.get("train", {}), "env": self.config.get("env", {})}
-        return save_checkpoint(path, KIND, cfg, {"model": self.net.state_dict()}, meta={"policy_only": True})
+        return save_checkpoint(path, self.kind, cfg, {"model": self.net.state_dict()}, meta={"policy_only": True})
 
     @classmethod
     def load(cls, path, device="cpu") -> "VA3CPolicy":
         """From a checkpoint file or a run folder (its ``checkpoint.pt``). Refuses other kinds."""
-        ck = load_checkpoint(resolve_checkpoint(path), KIND)
+        ck = load_checkpoint(resolve_checkpoint(path), cls.kind)
         return cls.from_checkpoint(ck, device=device)
 
     @classmethod

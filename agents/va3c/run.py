@@ -35,7 +35,12 @@ class VA3CRun:
     Sync mode owns one ``Learner``; async mode spawns workers. ``out`` (a folder) gets
     ``checkpoint.pt`` (periodic + final), ``config.json``, ``metrics.csv`` and TensorBoard
     event files. ``hooks`` receive each update's metrics dict (progress bars, writers).
+    ``kind`` / ``policy_class``: the checkpoint kind and the policy it trains (a subclass that
+    is another agent on the same network, such as ``supervised``, sets both).
     """
+
+    kind = KIND
+    policy_class = VA3CPolicy
 
     def __init__(self, env_kwargs: EnvConfig | dict, *, budget: Budget, seed: int = 0, workers: int = 0,
                  config: dict | None = None):
@@ -75,7 +80,7 @@ class VA3CRun:
         if self.model.reward_conv is not None:
             tensors["reward_conv"] = self.model.reward_conv.state_dict()
         meta = {"update": self.update, "elapsed": self.elapsed, "cpu_elapsed": self.cpu_elapsed, "optimizer": opt_meta}
-        out = save_checkpoint(path, KIND, self.checkpoint_config(), tensors, meta)
+        out = save_checkpoint(path, self.kind, self.checkpoint_config(), tensors, meta)
         self.checkpoints_written += 1
         return out
 
@@ -85,7 +90,7 @@ class VA3CRun:
                precision: str | None = None) -> "VA3CRun":
         """Continue the run of a checkpoint; ``precision`` None keeps the run's own (weights and
         optimiser states are float32 in either, so a run may change precision when resumed)."""
-        ck = load_checkpoint(resolve_checkpoint(path), KIND)
+        ck = load_checkpoint(resolve_checkpoint(path), cls.kind)
         cfg, meta, where = ck["config"], ck["meta"], ck["path"]
         if "train" not in cfg or "update" not in meta or "optimizer" not in ck["tensors"]:
             raise CheckpointError(f"{where}: a policy-only vA3C checkpoint cannot be resumed (no training state)")
@@ -141,7 +146,8 @@ class VA3CRun:
     def policy(self) -> VA3CPolicy:
         net = PolicyValueNet(**self.model.net.config)
         net.load_state_dict({k: v.detach().cpu() for k, v in self.model.net.state_dict().items()})
-        return VA3CPolicy(net, {"net": net.config, "train": self.cfg, "env": self.env_json}, device=self.device)
+        return self.policy_class(net, {"net": net.config, "train": self.cfg, "env": self.env_json},
+                                 device=self.device)
 
     def done(self) -> bool:
         return self.budget.progress(self.update, self.elapsed, self.cpu_elapsed) >= 1.0

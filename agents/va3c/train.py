@@ -75,9 +75,10 @@ class _Bar:
 def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, updates: int | None = None,
                  seed: int = 0, workers: int = 0, out=None, progress: bool = True, resume=None,
                  checkpoint_every: int = 50, tensorboard: bool = True, cpu_minutes: float | None = None,
-                 precision: str | None = None,
+                 precision: str | None = None, run_class: type[VA3CRun] = VA3CRun,
                  **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
     """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object).
+    ``run_class``: ``VA3CRun`` or a subclass (another agent on vA3C's machinery).
 
     Everything that can be checked is checked before the run folder is touched: options,
     the checkpoint to resume, the data (every case of a NIfTI folder is read once), and the
@@ -93,15 +94,15 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
 
         ck_path = resolve_checkpoint(resume)
         resume_dir = ck_path.parent
-        run = VA3CRun.resume(ck_path, updates=updates, minutes=minutes, cpu_minutes=cpu_minutes,
-                             workers=workers if workers else None, precision=precision)
+        run = run_class.resume(ck_path, updates=updates, minutes=minutes, cpu_minutes=cpu_minutes,
+                               workers=workers if workers else None, precision=precision)
         if out is None:
             out = resume_dir
     else:
         if precision is not None:
             config["precision"] = precision
-        run = VA3CRun(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
-                      config=config)
+        run = run_class(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
+                        config=config)
     validate_env(run.env)  # bad data is named now, not by a worker at update 37
     out_dir = Path(out) if out is not None else None
     hooks, closers = [], []
@@ -117,7 +118,7 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
         ckpt = out_dir / "checkpoint.pt"
     try:
         if out_dir is not None:
-            cfg = {**run.checkpoint_config(), "agent": "va3c", "precision": run.cfg["precision"]}
+            cfg = {**run.checkpoint_config(), "agent": run.kind, "precision": run.cfg["precision"]}
             write_json(out_dir / "config.json", cfg)
             mcsv = MetricsCSV(out_dir / "metrics.csv", METRIC_FIELDS,
                               keep_below=run.update if resume is not None else None,
@@ -172,8 +173,8 @@ def _remove_created(out_dir: Path, before: set, created: list[Path]) -> None:
             pass
 
 
-def train_from_args(args) -> Path:
-    """``svl-drl train --agent va3c`` (options: agents/cli/train.py)."""
+def train_from_args(args, run_class: type[VA3CRun] = VA3CRun) -> Path:
+    """``svl-drl train --agent va3c`` (options: agents/cli/train.py); ``run_class`` as in ``run_training``."""
     from agents.cli.envargs import env_config
 
     if args.resume is not None and not Path(args.resume).exists():
@@ -185,7 +186,7 @@ def train_from_args(args) -> Path:
     _, run_dir, run = run_training(
         env_config(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
         out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        num_envs=args.num_envs, precision=args.precision)
+        num_envs=args.num_envs, precision=args.precision, run_class=run_class)
     return run_dir
 
 

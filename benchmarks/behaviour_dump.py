@@ -111,9 +111,25 @@ def _csv_columns(path: Path, prefix: str, out: dict) -> None:
             out[f"{prefix}/{col}"] = np.asarray(cells)
 
 
+_FP32: list[str] | None = None
+
+
+def _fp32_flags(scratch: Path) -> list[str]:
+    """``["--precision", "fp32"]`` for a tree whose CLI has ``--precision`` (its default, auto, is
+    bf16 on CPUs with native bf16), else nothing: bit-identity is defined in float32."""
+    global _FP32
+    if _FP32 is None:
+        res = subprocess.run([sys.executable, "-m", "agents.cli", "train", "--help"], cwd=scratch,
+                             env=dict(os.environ), capture_output=True, text=True)
+        _FP32 = ["--precision", "fp32"] if "--precision" in res.stdout else []
+    return _FP32
+
+
 def _cli(args: list[str], scratch: Path) -> None:
-    """``python -m agents.cli ARGS`` with this process's environment, from a folder holding no package."""
-    cmd = [sys.executable, "-m", "agents.cli", *args]
+    """``python -m agents.cli ARGS`` with this process's environment, from a folder holding no
+    package; trainers in float32 (``_fp32_flags``)."""
+    extra = _fp32_flags(scratch) if args[0] in ("train", "pipeline") else []
+    cmd = [sys.executable, "-m", "agents.cli", *args, *extra]
     res = subprocess.run(cmd, cwd=scratch, env=dict(os.environ), capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")

@@ -1,7 +1,7 @@
 """vA3C's learner: fp32 vs bf16 (and memory layouts), the split of a whole update, the share of
 the machine's bf16 matrix peak, and Dice at equal updates -- measured side by side in one run.
 
-    python benchmarks/learner_speed.py [--repeats 7] [--dice-updates 40] [--dice-seeds 0 1] [--compile]
+    python benchmarks/learner_speed.py [--repeats 7] [--dice-updates 40] [--dice-seeds 0 1]
 
 Sections of the printed Markdown:
 
@@ -16,8 +16,6 @@ Sections of the printed Markdown:
    losses, backward and the optimiser; voxel-agent updates/s as the learner reports them.
 3. **Dice at equal updates** -- vA3C trained for ``--dice-updates`` updates (quick preset,
    2 envs) from the same seeds in fp32 and bf16, scored on the same evaluation episodes.
-4. ``torch.compile`` (``--compile``): compile time and the compiled step, and the break-even
-   point against the quick leaderboard's 7 CPU-minute budget.
 
 Where CUDA is available the network step and the peak also run on the GPU (rows ``cuda``);
 elsewhere the output says that those rows are missing.
@@ -51,7 +49,7 @@ def _sync(device) -> None:
 class NetStep:
     """One forward + backward + Adam step of the default vA3C network in one mode."""
 
-    def __init__(self, precision: str, layout: str, batch: int, patch: int, device, compiled: bool = False):
+    def __init__(self, precision: str, layout: str, batch: int, patch: int, device):
         n_ch, n_act = _env_dims({})
         self.net = _init_net(dict(DEFAULT_CONFIG), n_ch, n_act, seed=0).to(device)
         fmt = CL if layout == "channels_last_3d" else torch.contiguous_format
@@ -63,11 +61,10 @@ class NetStep:
         self.mask = (torch.rand(shape, generator=g) > 0.5).float().to(device)
         self.target = (torch.rand(shape, generator=g) > 0.5).float().to(device)
         self.precision, self.device = precision, torch.device(device)
-        self.forward = torch.compile(self.net) if compiled else self.net
 
     def loss(self):
         with autocast(self.precision, self.device):
-            logits, value, _ = self.forward(self.x)
+            logits, value, _ = self.net(self.x)
         return supervised_loss(logits.float(), self.mask, self.target)[0] + value.float().square().mean()
 
     def __call__(self) -> float:
@@ -203,24 +200,6 @@ def dice_after(precision: str, seed: int, updates: int, episodes: int) -> float:
     return float(np.mean([r["dice"] for r in recs]))
 
 
-# --------------------------------------------------------------------------- 4. torch.compile
-def compile_row(precision: str, batch: int, repeats: int) -> dict:
-    eager = NetStep(precision, "contiguous", batch, 32, "cpu")
-    comp = NetStep(precision, "contiguous", batch, 32, "cpu", compiled=True)
-    t0 = time.perf_counter()
-    comp()
-    comp()  # the backward graph compiles on the first backward; a second call settles guards
-    compile_s = time.perf_counter() - t0
-    eager()
-    te, tc = [], []
-    for _ in range(repeats):
-        te.append(eager())
-        tc.append(comp())
-    e, c = statistics.median(te), statistics.median(tc)
-    return {"precision": precision, "batch": batch, "compile_s": compile_s, "eager_ms": 1e3 * e,
-            "compiled_ms": 1e3 * c, "break_even_steps": compile_s / (e - c) if e > c else float("inf")}
-
-
 # --------------------------------------------------------------------------- report
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -231,7 +210,6 @@ def main(argv=None) -> int:
     ap.add_argument("--dice-updates", type=int, default=40, help="vA3C updates before scoring Dice (0: skip)")
     ap.add_argument("--dice-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of the Dice rows")
     ap.add_argument("--episodes", type=int, default=16, help="evaluation episodes of the Dice rows")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -289,15 +267,6 @@ def main(argv=None) -> int:
         out.append(f"\nbf16 - fp32, same seed: {', '.join(f'{d:+.4f}' for d in diff)}.")
         emit(*out)
 
-    if args.compile:
-        out = ["", "### torch.compile (CPU, contiguous layout)", "",
-                "| precision | patches | compile s | eager ms | compiled ms | break-even steps |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for prec in ("fp32", "bf16"):
-            c = compile_row(prec, 2, args.repeats)
-            out.append(f"| {prec} | 2 | {c['compile_s']:.0f} | {c['eager_ms']:.0f} | {c['compiled_ms']:.0f} | "
-                       f"{c['break_even_steps']:.0f} |")
-        emit(*out)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     emit(f"\nLoad average at the end: {load_end:.2f}.")
     return 0

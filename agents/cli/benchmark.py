@@ -31,11 +31,11 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.eval.benchmark import QUICK, QUICK_RUN_TIME, builtin_agents
+    from agents.eval.benchmark import DEFAULT_AGENTS, QUICK, QUICK_RUN_TIME, builtin_agents
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(builtin_agents())} "
-                        f"(default: all of them; with --custom only: none)")
+                        f"(default: {', '.join(DEFAULT_AGENTS)}; with --custom only: none)")
     p.add_argument("--custom", action="append", default=[], metavar="MODULE:CLASS",
                    help="your own policy: an importable module or a .py file and a class (or factory) in it; "
                         "repeatable. See examples/custom_agent.py")
@@ -53,9 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help=f"preset that takes {QUICK_RUN_TIME}, training included: all built-in agents, "
+                   help=f"preset that takes {QUICK_RUN_TIME}, training included: the default agents, "
                         f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
                         f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes "
+                        "(the others' when named in --agents) "
                         f"(vA3C on {QUICK['train_config']['va3c']['num_envs']} envs per update), trained "
                         f"{QUICK['train_jobs']} at once; "
                         f"explicit options override it")

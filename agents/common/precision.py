@@ -61,20 +61,22 @@ def native_bf16(device="cpu") -> bool:
     return dev.type == "cpu" and _cpu_native_bf16()
 
 
-def resolve_precision(requested: str | None, device="cpu", *, stream=None) -> str:
+def resolve_precision(requested: str | None, device="cpu", *, stream=None, auto_bf16: bool = True) -> str:
     """``"fp32"`` or ``"bf16"`` for a ``--precision`` value (None = ``auto``) on ``device``.
 
-    ``auto``: bf16 when ``native_bf16(device)``, else fp32. ``bf16`` without native support:
-    bf16 all the same, after one line on ``stream`` (stderr) saying it will be slow.
+    ``auto``: bf16 when ``native_bf16(device)`` (and ``auto_bf16``: a trainer measured to learn
+    worse in bf16 passes False, so that only an explicit ``bf16`` gives bf16), else fp32.
+    ``bf16`` without native support: bf16 all the same, after one line on ``stream`` (stderr)
+    saying it will be slow.
     """
     requested = "auto" if requested is None else requested
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "fp32":
         return "fp32"
-    native = native_bf16(device)
     if requested == "auto":
-        return "bf16" if native else "fp32"
+        return "bf16" if auto_bf16 and native_bf16(device) else "fp32"
+    native = native_bf16(device)
     if not native:
         print(f"svl-drl: warning: --precision bf16 on {torch.device(device)}, which has no native bf16 support "
               "(AVX512-BF16/AMX or a bf16 GPU): it runs emulated, slower than fp32", file=stream or sys.stderr)

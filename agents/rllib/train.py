@@ -171,7 +171,10 @@ def train_rllib(env_kwargs: EnvConfig | dict, *, updates: int | None = None, min
     validate_env(env)  # options and data, before Ray starts or the run folder is touched
     cuda_learner = (str(env.device).startswith("cuda") if num_gpus_per_learner is None
                     else bool(num_gpus_per_learner))
-    options["precision"] = resolve_precision(options.get("precision"), "cuda" if cuda_learner else "cpu")
+    # auto stays fp32, as for the SB3 PPO (agents/sb3/train.py): the same clipped ratio of
+    # patch-reduced log-probabilities, which bf16 broke there
+    options["precision"] = resolve_precision(options.get("precision"), "cuda" if cuda_learner else "cpu",
+                                             auto_bf16=False)
     start_net, start_iter = None, 0
     if resume is not None:
         ck = load_checkpoint(resolve_checkpoint(resume), KIND)

@@ -44,6 +44,23 @@ def test_native_bf16_resolves_auto_to_bf16_silently(monkeypatch):
     assert buf.getvalue() == ""
 
 
+def test_sb3_and_rllib_keep_auto_at_fp32_where_bf16_is_native(monkeypatch, tmp_path):
+    # their PPO/A2C learnt far worse in bf16 on the quick preset; only an explicit bf16 gives it
+    monkeypatch.setattr(P, "_cpu_native_bf16", lambda: True)
+    assert P.resolve_precision("auto", "cpu", auto_bf16=False) == "fp32"
+    assert P.resolve_precision(None, "cpu", auto_bf16=False) == "fp32"
+    assert P.resolve_precision("bf16", "cpu", auto_bf16=False) == "bf16"
+    import json
+
+    from agents.sb3 import train_sb3
+
+    for asked, got in ((None, "fp32"), ("bf16", "bf16")):
+        out = tmp_path / str(asked)
+        train_sb3("a2c", {"patch_size": 8, "max_steps": 2}, timesteps=4, num_envs=2, out=out, progress=False,
+                  checkpoint_every=None, precision=asked, n_steps=2)
+        assert json.loads((out / "config.json").read_text())["precision"] == got
+
+
 def test_detection_needs_onednn(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert not P.native_bf16("cpu")

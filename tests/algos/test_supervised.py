@@ -9,7 +9,6 @@ import torch
 from agents import registry
 from agents.cli import main
 from agents.common.checkpoint import CheckpointError, load_checkpoint
-from agents.eval.episodes import run_episodes
 from agents.eval.refine import load_policy as refine_load_policy
 from agents.heuristics import IdentityPolicy
 from agents.supervised import SupervisedPolicy, SupervisedRun, train_supervised
@@ -18,17 +17,12 @@ from agents.va3c import Budget, VA3CPolicy
 ENV = {"patch_size": 16}
 
 
-def _dice(policy, episodes=16) -> float:
-    records, _ = run_episodes(policy, ENV, episodes, 10_000, progress=False)
-    return float(np.mean([r["dice"] for r in records]))
 
-
-def test_supervised_learns_a_margin_over_identity_and_round_trips(tmp_path):
-    torch.set_num_threads(1)
+def test_supervised_learns_a_margin_over_identity_and_round_trips(tmp_path, one_thread, held_out_dice):
     run = tmp_path / "run"
     policy = train_supervised(ENV, updates=30, seed=0, out=run, progress=False, num_envs=4)
     assert isinstance(policy, SupervisedPolicy)
-    ident, learned = _dice(IdentityPolicy()), _dice(policy)
+    ident, learned = held_out_dice(IdentityPolicy(), ENV), held_out_dice(policy, ENV)
     assert learned > ident + 0.06, (learned, ident)
 
     ck = load_checkpoint(run / "checkpoint.pt")

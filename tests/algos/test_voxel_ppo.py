@@ -10,7 +10,6 @@ import torch
 from agents import registry
 from agents.cli import main
 from agents.common.checkpoint import CheckpointError, load_checkpoint
-from agents.eval.episodes import run_episodes
 from agents.eval.refine import load_policy as refine_load_policy
 from agents.heuristics import IdentityPolicy
 from agents.va3c import VA3CPolicy
@@ -20,16 +19,11 @@ ENV = {"patch_size": 16}
 UPDATES = 20  # ~0.6 s each on one core at 16^3
 
 
-def _dice(policy, episodes=16) -> float:
-    records, _ = run_episodes(policy, ENV, episodes, 10_000, progress=False)
-    return float(np.mean([r["dice"] for r in records]))
 
-
-def test_voxel_ppo_learns_a_margin_over_identity_and_round_trips(tmp_path):
-    torch.set_num_threads(1)
+def test_voxel_ppo_learns_a_margin_over_identity_and_round_trips(tmp_path, one_thread, held_out_dice):
     run = tmp_path / "run"
     policy = train(env_kwargs=ENV, seed=0, out=run, progress=False, updates=UPDATES, num_envs=8)
-    ident, learned = _dice(IdentityPolicy()), _dice(policy)
+    ident, learned = held_out_dice(IdentityPolicy(), ENV), held_out_dice(policy, ENV)
     assert learned > ident + 0.05, (learned, ident)
 
     assert load_checkpoint(run / "checkpoint.pt")["kind"] == "voxel-ppo"

@@ -9,3 +9,17 @@ Subprocesses inherit the setting.
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after it (timing-sensitive and learning tests)."""
+    import torch  # here, not at the top: OMP_WAIT_POLICY must be set before torch loads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -1,21 +1,11 @@
-"""Fixtures of the learning tests: one torch thread for the test (restored after it), and the
-mean Dice vs truth of a policy on 16 held-out seeded episodes."""
+"""Fixture of the learning tests: the mean Dice vs truth of a policy on held-out seeded episodes."""
 
 import numpy as np
 import pytest
-import torch
 
 from agents.eval.episodes import run_episodes
 
 HELD_OUT_SEED = 10_000  # episodes no training run of these tests resets with
-
-
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

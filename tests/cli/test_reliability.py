@@ -39,11 +39,8 @@ ENV16 = dict(patch_size=16, max_steps=2)
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _threads(one_thread):
     yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

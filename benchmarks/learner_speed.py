@@ -11,11 +11,15 @@ Sections of the printed Markdown:
    all see the same load on a shared machine); the table gives medians. The FLOPs of a step come
    from ``torch.utils.flop_counter``; the share of the peak divides the step's FLOP/s by that of
    a large bf16 matmul timed in the same run.
-2. **Whole update** -- real ``Learner.update`` calls (a Warmup and a policy-stage update)
+2. **Whole update** -- real ``Learner.update`` calls (a Warmup and a policy-stage update, on
+   ``--update-envs`` environments: 8 = ``DEFAULT_CONFIG``, 2 = the quick preset)
    with the time split into rollout inference (no-grad forwards), forwards with grad, env steps,
    losses, backward and the optimiser; voxel-agent updates/s as the learner reports them.
 3. **Dice at equal updates** -- vA3C trained for ``--dice-updates`` updates (quick preset,
    2 envs) from the same seeds in fp32 and bf16, scored on the same evaluation episodes.
+
+4. **torch.compile** (``--sections compile``, not run by default) -- the default network compiled
+   by inductor against eager: compile time and step time.
 
 Where CUDA is available the network step and the peak also run on the GPU (rows ``cuda``);
 elsewhere the output says that those rows are missing.
@@ -35,7 +39,8 @@ import torch
 from agents.common.precision import autocast, native_bf16
 from agents.va3c.config import DEFAULT_CONFIG
 from agents.va3c.losses import supervised_loss
-from agents.va3c.model import _env_dims, _init_net
+from agents.va3c.model import _init_net
+from svl_env import EnvConfig
 
 CL = torch.channels_last_3d
 
@@ -50,7 +55,8 @@ class NetStep:
     """One forward + backward + Adam step of the default vA3C network in one mode."""
 
     def __init__(self, precision: str, layout: str, batch: int, patch: int, device):
-        n_ch, n_act = _env_dims({})
+        env = EnvConfig()
+        n_ch, n_act = env.num_channels, env.num_actions
         self.net = _init_net(dict(DEFAULT_CONFIG), n_ch, n_act, seed=0).to(device)
         fmt = CL if layout == "channels_last_3d" else torch.contiguous_format
         self.net = self.net.to(memory_format=fmt)
@@ -201,16 +207,26 @@ def dice_after(precision: str, seed: int, updates: int, episodes: int) -> float:
 
 
 # --------------------------------------------------------------------------- report
+SECTIONS = ("network", "update", "dice", "compile")
+#: what runs without --sections: "compile" takes minutes of compiling and is asked for by name
+DEFAULT_SECTIONS = ("network", "update", "dice")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7, help="timed steps per mode (medians are reported)")
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 2],
                     help="patches per network step (8: DEFAULT_CONFIG num_envs; 2: the quick preset)")
+    ap.add_argument("--update-envs", type=int, nargs="+", default=[8, 2],
+                    help="envs per whole update (8: DEFAULT_CONFIG; 2: the quick preset)")
     ap.add_argument("--update-repeats", type=int, default=3, help="timed whole updates per precision and stage")
     ap.add_argument("--dice-updates", type=int, default=40, help="vA3C updates before scoring Dice (0: skip)")
     ap.add_argument("--dice-seeds", type=int, nargs="+", default=[0, 1], help="training seeds of the Dice rows")
     ap.add_argument("--episodes", type=int, default=16, help="evaluation episodes of the Dice rows")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS),
+                    help=f"which sections to run (default: {' '.join(DEFAULT_SECTIONS)}; compile: torch.compile "
+                         "of the network, its compile time and step time against eager, bf16)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -223,6 +239,20 @@ def main(argv=None) -> int:
            f"Native bf16 on the CPU: {native_bf16('cpu')}. Medians of {args.repeats} interleaved steps.", ""])
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "network" in args.sections:
+        network_section(devices, args, emit)
+    if "update" in args.sections:
+        update_section(args, emit)
+    if "dice" in args.sections and args.dice_updates > 0:
+        dice_section(args, emit)
+    if "compile" in args.sections:
+        compile_section(args, emit)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    emit(f"\nLoad average at the end: {load_end:.2f}.")
+    return 0
+
+
+def network_section(devices, args, emit) -> None:
     rows = []
     for dev in devices:
         rows += network_rows(dev, args.batches, args.repeats, ["contiguous", "channels_last_3d"])
@@ -241,35 +271,59 @@ def main(argv=None) -> int:
         out.append("\nCUDA: not available on this machine -- the cuda rows are added where it is.")
     emit(*out)
 
-    out = ["", "### Whole update, split (quick preset: 2 envs, 32^3; median seconds per update)", "",
-            "| stage | precision | " + " | ".join(PARTS) + " | total | voxel-agent updates/s |",
-            "|---|---|" + "---:|" * (len(PARTS) + 2)]
-    for stage in ("warmup", "policy"):
-        for prec in ("fp32", "bf16"):
-            s = update_split(prec, 2, stage, args.update_repeats)
-            out.append(f"| {stage} | {prec} | " + " | ".join(f"{s[p]:.3f}" for p in PARTS)
-                       + f" | {s['total']:.3f} | {s['voxel_updates_per_s'] / 1e6:.2f} M |")
+
+
+def update_section(args, emit) -> None:
+    out = ["", "### Whole update, split (32^3 patches; median seconds per update)", "",
+           "| envs | stage | precision | " + " | ".join(PARTS) + " | total | vs fp32 | voxel-agent updates/s |",
+           "|---:|---|---|" + "---:|" * (len(PARTS) + 3)]
+    for envs in args.update_envs:
+        for stage in ("warmup", "policy"):
+            split = {prec: update_split(prec, envs, stage, args.update_repeats) for prec in ("fp32", "bf16")}
+            for prec, s in split.items():
+                ratio = split["fp32"]["total"] / s["total"]
+                out.append(f"| {envs} | {stage} | {prec} | " + " | ".join(f"{s[p]:.3f}" for p in PARTS)
+                           + f" | {s['total']:.3f} | {ratio:.2f}x | {s['voxel_updates_per_s'] / 1e6:.2f} M |")
     emit(*out)
 
-    if args.dice_updates > 0:
-        out = ["", f"### Dice after {args.dice_updates} updates (quick preset, {args.episodes} evaluation "
-                    "episodes, same seeds)", "", "| precision | " + " | ".join(f"seed {s}" for s in args.dice_seeds)
-                + " | mean | spread (max - min) |", "|---|" + "---:|" * (len(args.dice_seeds) + 2)]
-        dice = {p: {} for p in ("fp32", "bf16")}
-        for seed in args.dice_seeds:  # interleaved too: fp32 and bf16 runs of a seed back to back
-            for prec in dice:
-                dice[prec][seed] = dice_after(prec, seed, args.dice_updates, args.episodes)
-        for prec, d in dice.items():
-            v = list(d.values())
-            out.append(f"| {prec} | " + " | ".join(f"{x:.4f}" for x in v)
-                       + f" | {np.mean(v):.4f} | {max(v) - min(v):.4f} |")
-        diff = [dice["bf16"][s] - dice["fp32"][s] for s in args.dice_seeds]
-        out.append(f"\nbf16 - fp32, same seed: {', '.join(f'{d:+.4f}' for d in diff)}.")
-        emit(*out)
 
-    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    emit(f"\nLoad average at the end: {load_end:.2f}.")
-    return 0
+def dice_section(args, emit) -> None:
+    out = ["", f"### Dice after {args.dice_updates} updates (quick preset, {args.episodes} evaluation "
+               "episodes, same seeds)", "", "| precision | " + " | ".join(f"seed {s}" for s in args.dice_seeds)
+           + " | mean | spread (max - min) |", "|---|" + "---:|" * (len(args.dice_seeds) + 2)]
+    dice = {p: {} for p in ("fp32", "bf16")}
+    for seed in args.dice_seeds:  # interleaved too: fp32 and bf16 runs of a seed back to back
+        for prec in dice:
+            dice[prec][seed] = dice_after(prec, seed, args.dice_updates, args.episodes)
+    for prec, d in dice.items():
+        v = list(d.values())
+        out.append(f"| {prec} | " + " | ".join(f"{x:.4f}" for x in v)
+                   + f" | {np.mean(v):.4f} | {max(v) - min(v):.4f} |")
+    diff = [dice["bf16"][s] - dice["fp32"][s] for s in args.dice_seeds]
+    out.append(f"\nbf16 - fp32, same seed: {', '.join(f'{d:+.4f}' for d in diff)} "
+               f"(mean {np.mean(diff):+.4f}).")
+    emit(*out)
+
+def compile_section(args, emit) -> None:
+    """``torch.compile`` (inductor) of the default network against eager, both under bf16 autocast:
+    the first step (compile included) and the median of the next ``--repeats`` steps."""
+    out = ["", f"### torch.compile (8 x 32^3 patches, bf16, {args.threads} threads)", "",
+           "| mode | first step (s, compile included) | median step (ms) | steps to repay the compile |",
+           "|---|---:|---:|---:|"]
+    res = {}
+    for mode in ("eager", "compile"):
+        step = NetStep("bf16", "contiguous", 8, 32, "cpu")
+        if mode == "compile":
+            step.net = torch.compile(step.net)
+        first = step()
+        res[mode] = (first, statistics.median(step() for _ in range(args.repeats)))
+    for mode, (first, med) in res.items():
+        gain = res["eager"][1] - med
+        repay = (first - res["eager"][0]) / gain if mode == "compile" and gain > 0 else float("nan")
+        out.append(f"| {mode} | {first:.1f} | {1000 * med:.0f} | "
+                   + ("never (slower per step)" if mode == "compile" and gain <= 0 else
+                      "-" if mode == "eager" else f"{repay:.0f}") + " |")
+    emit(*out)
 
 
 if __name__ == "__main__":

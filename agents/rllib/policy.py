@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from agents.common.checkpoint import load_checkpoint, load_state_dict_checked, resolve_checkpoint, save_checkpoint
-from agents.common.distributions import gumbel_max
+from agents.common.distributions import gumbel_max, voxel_argmax
 from agents.common.policy import Policy, as_tensor
 from agents.rllib.net import VoxelPPONet
 
@@ -42,7 +42,7 @@ class RLlibPolicy(Policy):
             raise ValueError(f"obs must be (B, C, D, H, W), got shape {tuple(x.shape)}")
         logits, _ = self.net.policy(x)
         if deterministic:
-            a = logits.argmax(1)
+            a = voxel_argmax(logits, 1)
         else:
             a = gumbel_max(logits.log_softmax(1), 1)
         return a.cpu().numpy().astype(np.int64)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from gymnasium.vector import AutoresetMode
 
 from agents.common.budget import update_seed
-from agents.common.distributions import gumbel_sample
+from agents.common.distributions import gumbel_sample, voxel_argmax
 from agents.common.precision import autocast
 from agents.va3c.config import lr_at, stage_at
 from agents.va3c.losses import _augment, a2c_segment_loss, scale_for, supervised_loss
@@ -92,7 +92,7 @@ class Learner:
                 masks.append(s["mask"].clone())
                 targets.append(s["target"].clone())
                 logits, _, hidden = self._forward(obs, hidden)
-                a = logits.argmax(1) if cfg["warmup_behaviour"] == "greedy" else gumbel_sample(logits, gen)
+                a = voxel_argmax(logits, 1) if cfg["warmup_behaviour"] == "greedy" else gumbel_sample(logits, gen)
                 obs, reward, _, _, info = env.step(a)
         model.train()
         ep = _episode_metrics(info, reward)

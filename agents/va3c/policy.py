@@ -9,7 +9,7 @@ import torch
 
 from agents.common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked, resolve_checkpoint,
                                       save_checkpoint)
-from agents.common.distributions import gumbel_sample
+from agents.common.distributions import gumbel_sample, voxel_argmax
 from agents.common.networks import PolicyValueNet
 from agents.common.policy import Policy, as_tensor
 from agents.va3c.config import KIND, make_config
@@ -58,7 +58,7 @@ class VA3CPolicy(Policy):
             self.hidden = None
         logits, _, self.hidden = self.net(x, self.hidden)
         if deterministic:
-            a = logits.argmax(1)
+            a = voxel_argmax(logits, 1)
         else:
             a = gumbel_sample(logits, None)
         return a.cpu().numpy().astype(np.int64)

@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # subcommand -> (module, one-line help). Modules import lazily so `--help` stays fast.
 COMMANDS = {
-    "train": ("agents.cli.train", "train an agent (va3c, ppo, a2c, rllib-ppo) on SVLDRL-v0"),
+    "train": ("agents.cli.train", "train an agent (va3c, supervised, voxel-ppo, ppo, a2c, rllib-ppo) on SVLDRL-v0"),
     "evaluate": ("agents.cli.evaluate", "score a trained agent on seeded episodes against the truth"),
     "refine": ("agents.cli.refine", "refine noisy NIfTI label volumes with a trained agent"),
     "benchmark": ("agents.cli.benchmark", "run policies on identical seeded episodes; write a leaderboard"),

@@ -69,3 +69,12 @@ def test_evaluate_refuses_other_kind(tmp_path, capsys):
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "kind 'heuristic'" in err[0]
+
+
+def test_train_help_names_every_builtin_agent():
+    from agents import registry
+    from agents.cli import COMMANDS
+
+    help_line = COMMANDS["train"][1]
+    missing = [a for a in registry.agent_names() if a not in help_line]
+    assert not missing, f"'svl-drl --help' train line omits {missing}"

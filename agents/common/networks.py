@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["make_backbone", "PolicyValueNet", "UNet3D", "DilatedFCN3D", "ConvGRU3D", "BACKBONES",
-           "keep_biased_policy_head", "PooledValueHead"]
+           "keep_biased_policy_head", "PooledValueHead", "Conv3d"]
 
 
 def _groups(ch: int) -> int:
@@ -30,13 +30,39 @@ def _groups(ch: int) -> int:
     return 1
 
 
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs in float32 under CPU bf16 autocast when the input is smaller than
+    the kernel along some axis (e.g. the 2^3 bottom of a depth-3 U-Net on 16^3 patches).
+
+    Why: oneDNN's bf16 3x3x3 convolution (torch 2.13, CPU) returns garbage gradients -- about one
+    call in three non-finite, the rest off by up to 1e36 -- when a spatial axis is 2 voxels long
+    (sizes 1, 3, 4 and 8 are exact to bf16 rounding; checked in ``tests/algos/test_precision.py``).
+    Such a level holds a handful of voxels, so float32 there costs nothing measurable. Outside bf16
+    autocast this is ``nn.Conv3d`` itself (same results).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and _cpu_autocast_on()
+                and any(s < k for s, k in zip(x.shape[-3:], self.kernel_size))):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class ConvBlock(nn.Sequential):
     """conv3x3x3 -> GroupNorm -> ReLU, ``n`` times; keeps the spatial size."""
 
     def __init__(self, cin: int, cout: int, n: int = 2, dilation: int = 1):
         layers: list[nn.Module] = []
         for i in range(n):
-            layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=dilation, dilation=dilation),
+            layers += [Conv3d(cin if i == 0 else cout, cout, 3, padding=dilation, dilation=dilation),
                        nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
@@ -129,8 +155,8 @@ class ConvGRU3D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.gates = nn.Conv3d(2 * channels, 2 * channels, 3, padding=1)
-        self.cand = nn.Conv3d(2 * channels, channels, 3, padding=1)
+        self.gates = Conv3d(2 * channels, 2 * channels, 3, padding=1)
+        self.cand = Conv3d(2 * channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         if h is None or h.shape != x.shape:
@@ -193,7 +219,7 @@ def keep_biased_policy_head(features: int, n_actions: int, keep_bias: float) -> 
     ``keep_bias``: uniform logits would flip one voxel in four at random per step and wreck the
     annotation before anything is learnt (p(keep) ~ 0.95 at 4.0).
     """
-    head = nn.Sequential(nn.Conv3d(features, features, 3, padding=1), nn.ReLU(inplace=True),
+    head = nn.Sequential(Conv3d(features, features, 3, padding=1), nn.ReLU(inplace=True),
                          nn.Conv3d(features, n_actions, 1))
     nn.init.normal_(head[-1].weight, std=1e-2)
     with torch.no_grad():
@@ -211,7 +237,7 @@ class PooledValueHead(nn.Module):
 
     def __init__(self, features: int):
         super().__init__()
-        self.conv = nn.Conv3d(features, features, 3, padding=1)
+        self.conv = Conv3d(features, features, 3, padding=1)
         self.fc = nn.Linear(features, 1)
         nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)

@@ -192,3 +192,45 @@ def test_cli_train_records_the_precision(tmp_path, monkeypatch):
     assert main(["train", "--agent", "va3c", "--updates", "1", "--num-envs", "2", "--patch-size", "16",
                  "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "fp32"
+
+
+# ----------------------------------------------------------------------------- tiny levels
+@pytest.mark.parametrize("size", [(2, 2, 2), (2, 4, 4), (1, 3, 3)])
+def test_bf16_conv_gradients_are_right_on_inputs_smaller_than_the_kernel(size):
+    """oneDNN's bf16 3x3x3 convolution gives non-finite or wildly wrong weight gradients on a 2-voxel
+    axis (the bottom of a depth-3 U-Net on 16^3 patches); ``networks.Conv3d`` runs those in fp32."""
+    from agents.common.networks import Conv3d
+
+    torch.manual_seed(0)
+    conv = Conv3d(16, 16, 3, padding=1)
+    for _ in range(12):  # the bad kernel fails about one call in three
+        x = torch.randn(4, 16, *size, requires_grad=True)
+        g = torch.randn(4, 16, *size)
+        with P.autocast("bf16", "cpu"):
+            y = conv(x)
+        conv.zero_grad()
+        (y.float() * g).sum().backward()
+        got = conv.weight.grad.clone()
+        conv.zero_grad()
+        (torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=1) * g).sum().backward()
+        want = conv.weight.grad
+        assert torch.isfinite(got).all()
+        assert float((got - want).abs().max() / want.abs().max()) < 0.05
+
+
+def test_conv3d_outside_autocast_is_nn_conv3d():
+    from agents.common.networks import Conv3d
+
+    torch.manual_seed(0)
+    conv = Conv3d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 2, 5, 5)
+    assert torch.equal(conv(x), torch.nn.Conv3d.forward(conv, x))
+
+
+def test_bf16_training_on_16_cubed_patches_stays_finite():
+    """Default network (depth 3: a 2^3 bottom level at 16^3) trained in bf16: finite weights."""
+    from agents.supervised import train_supervised
+
+    pol = train_supervised(ENV16, updates=3, seed=0, progress=False, num_envs=4, precision="bf16")
+    net = pol.net if hasattr(pol, "net") else pol.model
+    assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -104,6 +104,8 @@ def test_one_seed_is_the_single_seed_benchmark(seed_agent, tmp_path):
     assert {r["run"] for r in _per_case(out)} == {"0"}
     with pytest.raises(ValueError, match="seeds must be a positive int"):
         B.run(agents="identity", env_kwargs=dict(patch_size=10), episodes=2, out=tmp_path / "x", seeds=0)
+    for flag in ("--seeds", "--bootstrap-reps"):
+        assert main(["benchmark", "--agents", "identity", flag, "0", "--out", str(tmp_path / "y")]) == 2
 
 
 def test_all_agent_seed_runs_go_to_the_pool(tmp_path):

@@ -70,6 +70,9 @@ class AgentSpec:
     #: ``claims(path, **bound) -> bool``: is this file this agent's? (formats shared by agents)
     claims: str | Callable | None = None
     description: str = ""
+    #: the agent the statistics compare it with (``agents.eval.stats``: P(this > control)): an
+    #: agent or heuristic name. vA3C's is ``supervised``, its own network without the RL stages.
+    control: str = "identity"
 
     def train_fn(self) -> Callable:
         fn = resolve(self.train)
@@ -171,6 +174,7 @@ def load_policy(path, device="cpu") -> tuple[Any, AgentSpec]:
 # ----------------------------------------------------------------------- the built-in agents
 register_agent(AgentSpec(
     name="va3c", label="vA3C", kind="va3c", in_benchmark=True, takes_workers=True, takes_precision=True,
+    control="supervised",
     train="agents.va3c:train_va3c", load="agents.va3c:VA3CPolicy.load", train_cli="agents.va3c:train_from_args",
     description="voxel-level A3C (PixelRL-style), trained in stages: Warmup -> value -> policy"))
 register_agent(AgentSpec(

@@ -3,6 +3,7 @@
     svl-drl benchmark --quick --out runs/bench
     svl-drl benchmark --agents identity,intensity,oracle,ppo --train-minutes 5 --episodes 64 --out runs/b
     svl-drl benchmark --agents identity,ppo --checkpoint ppo=runs/ppo/model.zip --out runs/b
+    svl-drl benchmark --agents identity,supervised,va3c --seeds 5 --train-minutes 7 --clock cpu --out runs/s
     svl-drl benchmark --agents identity,oracle --custom examples/custom_agent.py:ThresholdPolicy --out runs/b
 """
 
@@ -31,7 +32,7 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.eval.benchmark import DEFAULT_AGENTS, QUICK, QUICK_RUN_TIME, builtin_agents
+    from agents.eval.benchmark import DEFAULT_AGENTS, QUICK, QUICK_RUN_TIME, TRAIN_SEED_OFFSET, builtin_agents
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(builtin_agents())} "
@@ -67,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-jobs", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="learned agents trained at once, one process each (needs --clock cpu; default 1, "
                         f"--quick {QUICK['train_jobs']})")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every learned agent (those without --checkpoint) N times, on training seeds "
+                        f"SEED+{TRAIN_SEED_OFFSET}+k, k=0..N-1 (k=0 is the single-seed run); each run is scored on "
+                        "the same episodes, and stats.md gives the IQM and P(improvement) over runs x episodes")
+    p.add_argument("--bootstrap-reps", type=int, default=2000, metavar="R",
+                   help="bootstrap resamples of the rliable statistics in stats.md (default: 2000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_precision_argument(p)
     add_env_arguments(p)
@@ -102,13 +109,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.bootstrap_reps < 1:
+        raise ValueError(f"--bootstrap-reps must be >= 1, got {args.bootstrap_reps}")
     kw = env_kwargs(args)
     checkpoints = B.parse_name_values(args.checkpoint, "--checkpoint")
     custom = [B.load_custom(spec) for spec in args.custom]
     result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
                    progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
-                   train_config=train_config, train_jobs=jobs, precision=args.precision)
+                   train_config=train_config, train_jobs=jobs, precision=args.precision, seeds=args.seeds,
+                   stats_reps=args.bootstrap_reps)
     print(result["leaderboard_md"].read_text())
+    print(result["stats_md"].read_text())
     print(f"benchmark written to {result['out']}")
     return 0

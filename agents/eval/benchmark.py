@@ -9,23 +9,31 @@ Python API (a researcher's own policy beside the built-ins)::
 
 Files in ``out``:
 
-    per_case.csv       one row per (policy, episode): Dice, IoU, HD95, ASD, continuity, ...
-                       (``agents.eval.episodes.PER_CASE_FIELDS``) -- the source of every number
+    per_case.csv       one row per (policy, training run, episode): Dice, IoU, HD95, ASD, continuity,
+                       ... (``agents.eval.episodes.PER_CASE_FIELDS`` and ``run``) -- the source of
+                       every number
     curves.csv         Dice vs truth after each step of each episode (step 0 = annotation)
-    leaderboard.csv    mean and 95% CI (Student t) per policy, computed FROM per_case.csv
+    leaderboard.csv    mean and 95% CI (Student t) per policy over its runs x episodes, computed
+                       FROM per_case.csv
     leaderboard.md     the same as a Markdown table (``leaderboard_from_per_case``)
+    stats.csv, .md     rliable statistics from per_case.csv: Dice IQM and mean with stratified-
+                       bootstrap 95% CIs, P(improvement) over each policy's control
+                       (``agents.eval.stats``)
+    performance_profile.png  fraction of runs x episodes above each Dice threshold, with CIs
     metrics.png        bars with 95% CIs: Dice, IoU, HD95, continuity, Dice gain
     dice_steps.png     mean Dice (95% CI band) after each step within an episode
     overlays/          slice overlays (image, annotation, truth, each policy's refined mask)
     benchmark.json     settings, training budgets and run folders, timings
     runs/<agent>/      training runs of the learned agents (checkpoints; reusable with
-                       ``--checkpoint NAME=PATH``)
+                       ``--checkpoint NAME=PATH``); ``runs/<agent>/seed<k>/`` with ``seeds`` > 1
 
 Fairness: episode i is the env reset with seed ``seed + i`` for every policy (same volume,
 same noise). Learned agents listed without a checkpoint are trained first, each for its
 budget of minutes (wall-clock, or CPU-minutes with ``clock="cpu"``), on training seeds
-``seed + TRAIN_SEED_OFFSET + i`` -- disjoint from the evaluation seeds. The oracle reads the
-truth and is labelled "oracle (upper bound)".
+``seed + TRAIN_SEED_OFFSET + i`` -- disjoint from the evaluation seeds. With ``seeds=N`` each is
+trained N times, run k with ``seed + TRAIN_SEED_OFFSET + k`` as its seed (``agents.eval.seeds``;
+run 0 is the single-seed run), and every run is scored on the same episodes. The oracle reads
+the truth and is labelled "oracle (upper bound)".
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import os
 import platform
 import time
 from pathlib import Path
@@ -42,6 +49,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from agents.eval import episodes as E
+from agents.eval import seeds as S
+from agents.eval import stats as ST
 from agents import registry
 from agents.common.precision import PRECISIONS
 from agents.eval.leaderboard import leaderboard_from_per_case, write_leaderboard
@@ -187,20 +196,11 @@ def train_in_parallel(names: Sequence[str], env_kwargs: dict, budgets: dict, see
     On a 2-core machine the learners (each about one busy core: small batches, a host-side
     component count per step) finish together instead of one after another.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm.auto import tqdm
-
-    threads = max(1, (os.cpu_count() or 2) // jobs)
-    # spawn: a forked child would inherit torch's thread pools and this process's locks
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {a: pool.submit(_train_job, a, env_kwargs, budgets[a], seed, str(out / "runs" / a), workers,
-                                  (train_config or {}).get(a), clock, threads) for a in names}
-        results = {}
-        for a in tqdm(list(futures), desc=f"training ({jobs} at once)", unit="agent", disable=not progress):
-            results[a] = futures[a].result()
-    return results
+    runs = S.plan_runs(names, seed, 1, out)
+    done = S.train_in_pool(runs, _train_job, lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder),
+                                                        workers, (train_config or {}).get(r.agent), clock),
+                           lambda r, path: path, jobs=jobs, progress=progress)
+    return {r.agent: done[r] for r in runs}
 
 
 def _policy_name(p) -> str:
@@ -213,7 +213,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         episodes: int = 32, seed: int = 0, out="runs/benchmark", train_minutes: float | dict | None = None,
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
         workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1,
-        precision: str | None = None) -> dict:
+        precision: str | None = None, seeds: int = 1, stats_reps: int = ST.DEFAULT_REPS) -> dict:
     """Benchmark built-in agents (``agents``) and policy objects (``policies``) on the same
     seeded episodes; write the files listed in the module doc into ``out``.
 
@@ -236,9 +236,14 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             ``clock="cpu"``, so that sharing the cores does not shrink anyone's budget).
         precision: the learned agents' training arithmetic, auto (None), fp32 or bf16
             (``agents.common.precision``); each run's config.json records the resolved one.
+        seeds: training runs per learned agent that is trained here (``agents.eval.seeds``):
+            run k on training seed ``seed + TRAIN_SEED_OFFSET + k``, each scored on the same
+            episodes; per_case.csv's ``run`` column tells them apart.
+        stats_reps: bootstrap replications of the statistics (``agents.eval.stats``).
 
     Returns {"leaderboard": rows, "per_case_csv", "leaderboard_csv", "leaderboard_md",
-    "metrics_png", "dice_steps_png", "overlays": [paths], "out"}.
+    "metrics_png", "dice_steps_png", "overlays": [paths], "stats": rows, "stats_csv", "stats_md",
+    "performance_profile_png", "out"}.
     """
     t_start = time.perf_counter()
     env = EnvConfig.from_any(env_kwargs)
@@ -272,6 +277,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
                          "wall-clock budgets would shrink with every process sharing the cores")
     to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
+    seeds = S.check_seeds(seeds)
     if precision not in (None, *PRECISIONS):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     train_config = {**(train_config or {}), **{a: {**(train_config or {}).get(a, {}), "precision": precision}
@@ -287,38 +293,37 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         raise ValueError("the benchmark scores against the truth: it needs phantoms or a folder with --labels clean")
 
     # ---- build the policy list (train first: evaluation then runs back to back)
-    built, training = [], {}
-    if train_jobs > 1 and len(to_train) > 1:
-        trained = train_in_parallel(to_train, env_kwargs, budgets, seed + TRAIN_SEED_OFFSET, out,
-                                    min(train_jobs, len(to_train)), workers=workers, train_config=train_config,
-                                    clock=clock, progress=progress)
-    else:
-        trained = {}
+    train_config = train_config or {}
+    runs = S.plan_runs(to_train, seed + TRAIN_SEED_OFFSET, seeds, out)
+    trained = S.train_runs(
+        runs, jobs=train_jobs, progress=progress,
+        train=lambda r: train_learned(r.agent, env_kwargs, budgets[r.agent], r.seed, r.folder, progress,
+                                      workers=workers, config=train_config.get(r.agent), clock=clock),
+        job=_train_job, job_args=lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder), workers,
+                                            train_config.get(r.agent), clock),
+        load=lambda r, path: load_learned(r.agent, path, device=env.device))
+    parallel = train_jobs > 1 and len(runs) > 1
+    built, training, agent_names = [], {}, {}  # built: (policy, its training run)
     for a in agents:
+        agent_names[a] = len(built)  # the index of its first policy, named below
         if a in learned:
             label = registry.get_agent(a).label
-            if a in trained:
-                path, used = trained[a]
-                pol = load_learned(a, path, device=env.device)
-                training[label] = {"minutes_budget": budgets[a], "clock": clock, "minutes_used": round(used, 2),
-                                       "run": str(out / "runs" / a), "trained_alongside": len(trained) - 1}
-            elif a in checkpoints:
-                pol = load_learned(a, checkpoints[a], device=env.device)
+            if a in checkpoints:
+                built.append((load_learned(a, checkpoints[a], device=env.device), 0))
                 training[label] = {"checkpoint": str(checkpoints[a])}
             else:
-                t0 = time.perf_counter()
-                run_dir = out / "runs" / a
-                pol = train_learned(a, env_kwargs, budgets[a], seed + TRAIN_SEED_OFFSET, run_dir, progress,
-                                    workers=workers, config=(train_config or {}).get(a), clock=clock)
-                training[label] = {"minutes_budget": budgets[a], "clock": clock,
-                                       "minutes_used": round((time.perf_counter() - t0) / 60, 2),
-                                       "run": str(run_dir)}
+                mine = [r for r in runs if r.agent == a]
+                built += [(trained[r][0], r.index) for r in mine]
+                training[label] = S.training_record(mine, trained, budgets[a], clock,
+                                                    alongside=len(runs) - 1 if parallel else 0)
         else:
-            pol = make_heuristic(a)
-        built.append(pol)
-    built += list(policies)
-    names = [_policy_name(p) for p in built]
-    dup = sorted({n for n in names if names.count(n) > 1})
+            built.append((make_heuristic(a), 0))
+    built += [(p, 0) for p in policies]
+    names = [_policy_name(p) for p, _ in built]
+    agent_names = {a: names[i] for a, i in agent_names.items()}
+    # the runs of one agent share its name; (name, run) must be unique
+    pairs = [(n, k) for n, (_, k) in zip(names, built)]
+    dup = sorted({n for n, k in pairs if pairs.count((n, k)) > 1})
     if dup:
         raise ValueError(f"two policies share the name(s) {dup}; give each a distinct .name")
     if not built:
@@ -330,20 +335,25 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     records, curves, masks = [], {}, {}
     keep = list(range(min(episodes, max(4 * overlays, overlays))))
     t_eval = time.perf_counter()
-    for pol, name in zip(tqdm(built, desc="benchmark", disable=not progress), names):
+    for (pol, k), name in zip(tqdm(built, desc="benchmark", disable=not progress), names):
         sink: dict = {}
+        # overlays show each policy's first run: only its masks are kept
         recs, curve = E.run_episodes(pol, eval_env, episodes, seed, batch_size=batch_size, progress=progress,
-                                     desc=f"eval {name}", masks_sink=sink, mask_episodes=keep)
-        records += recs
-        curves[name] = curve
-        masks[name] = sink
+                                     desc=f"eval {name}" + (f" run {k}" if k else ""),
+                                     masks_sink=sink if k == 0 else None, mask_episodes=keep)
+        records += [{**r, E.RUN_FIELD: k} for r in recs]
+        curves.setdefault(name, []).append(curve)
+        if k == 0:
+            masks[name] = sink
     eval_seconds = time.perf_counter() - t_eval
 
     per_case = E.write_per_case_csv(records, out / "per_case.csv")
-    curves_csv = E.write_curves_csv(curves, out / "curves.csv")
+    curves_csv = E.write_curves_csv({n: np.stack(c) for n, c in curves.items()}, out / "curves.csv")
     rows = leaderboard_from_per_case(per_case)
     notes = _notes(env_kwargs, episodes, seed, training)
     lb_csv, lb_md = write_leaderboard(rows, out, title=f"Leaderboard ({episodes} episodes, seed {seed})", notes=notes)
+    stats = ST.write_stats(per_case, out, S.control_names(agents, agent_names), reps=stats_reps,
+                           title=f"Statistics over training runs ({episodes} episodes, seed {seed})")
     metrics_png = plot_metrics(rows, out / "metrics.png")
     steps_png = plot_dice_steps(E.read_curves_csv(curves_csv), out / "dice_steps.png")
     overlay_paths = []
@@ -354,7 +364,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             case = {n: masks[n][ep] for n in names if ep in masks[n]}
             overlay_paths.append(plot_overlay(case, ep, out / "overlays" / f"episode_{ep:03d}.png"))
     meta = {"env_kwargs": env.to_json(strict=False),
-            "episodes": episodes, "seed": seed, "train_seed": seed + TRAIN_SEED_OFFSET, "policies": names,
+            "episodes": episodes, "seed": seed, "train_seed": seed + TRAIN_SEED_OFFSET, "seeds": seeds,
+            "policies": list(dict.fromkeys(names)),
             "training": training, "precision": "auto" if precision is None else precision,
             "eval_seconds": round(eval_seconds, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1), "host": platform.node(),
@@ -362,7 +373,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     E.write_json(meta, out / "benchmark.json")
     return {"leaderboard": rows, "per_case_csv": per_case, "curves_csv": curves_csv, "leaderboard_csv": lb_csv,
             "leaderboard_md": lb_md, "metrics_png": metrics_png, "dice_steps_png": steps_png,
-            "overlays": overlay_paths, "out": out}
+            "overlays": overlay_paths, "stats": stats["rows"], "stats_csv": stats["stats_csv"],
+            "stats_md": stats["stats_md"], "performance_profile_png": stats["profile_png"], "out": out}
 
 
 def _budgets(train_minutes, to_train) -> dict:
@@ -400,6 +412,8 @@ def _notes(env_kwargs, episodes, seed, training) -> list[str]:
     for name, t in training.items():
         if "checkpoint" in t:
             notes.append(f"{name}: loaded from {t['checkpoint']}.")
+        elif "runs" in t:
+            notes.append(S.training_note(name, t))
         else:
             unit = "CPU-min" if t.get("clock") == "cpu" else "min"
             alongside = f", in parallel with {t['trained_alongside']} other(s)" if t.get("trained_alongside") else ""

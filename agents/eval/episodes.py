@@ -178,12 +178,22 @@ def summarise(records: list[dict], fields=("dice", "iou", "hd95", "asd", "contin
     return out
 
 
+#: the optional column after "policy": which training run of the policy a row comes from
+#: (0..N-1 for a learned agent trained over N seeds; 0 for everything else)
+RUN_FIELD = "run"
+
+
 def write_per_case_csv(records: list[dict], path) -> Path:
+    """``PER_CASE_FIELDS`` per record, plus a ``run`` column when the records carry one."""
     from agents.common.checkpoint import atomic_write
+
+    fields = PER_CASE_FIELDS
+    if any(RUN_FIELD in r for r in records):
+        fields = (PER_CASE_FIELDS[0], RUN_FIELD, *PER_CASE_FIELDS[1:])
 
     def write(tmp):
         with open(tmp, "w", newline="") as fh:
-            wr = csv.DictWriter(fh, fieldnames=PER_CASE_FIELDS)
+            wr = csv.DictWriter(fh, fieldnames=fields)
             wr.writeheader()
             wr.writerows(records)
 
@@ -191,7 +201,8 @@ def write_per_case_csv(records: list[dict], path) -> Path:
 
 
 def read_per_case_csv(path) -> list[dict]:
-    """Records written by ``write_per_case_csv`` (types restored; NaN stays NaN)."""
+    """Records written by ``write_per_case_csv`` (types restored; NaN stays NaN; ``run`` an int
+    where the file has that column)."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [f for f in PER_CASE_FIELDS if f not in (reader.fieldnames or ())]
@@ -199,6 +210,8 @@ def read_per_case_csv(path) -> list[dict]:
             raise ValueError(f"{path}: not a per-case file (missing columns {missing})")
         rows = list(reader)
     for r in rows:
+        if RUN_FIELD in r:
+            r[RUN_FIELD] = int(r[RUN_FIELD])
         for k in PER_CASE_FIELDS:
             if k in ("policy", "case"):
                 continue
@@ -211,12 +224,13 @@ def read_per_case_csv(path) -> list[dict]:
     return rows
 
 
-CURVE_FIELDS = ("policy", "episode", "step", "dice")
+CURVE_FIELDS = ("policy", "run", "episode", "step", "dice")
 
 
 def write_curves_csv(curves: dict[str, np.ndarray], path) -> Path:
-    """Dice-vs-step curves ``{policy: (episodes, steps + 1)}`` as long-format CSV
-    (policy, episode, step, dice); step 0 is the annotation."""
+    """Dice-vs-step curves ``{policy: (episodes, steps + 1)}`` -- or ``(runs, episodes, steps + 1)``
+    for a policy trained over several seeds -- as long-format CSV (policy, run, episode, step,
+    dice); step 0 is the annotation, run 0 for a 2-D curve."""
     from agents.common.checkpoint import atomic_write
 
     def write(tmp):
@@ -225,25 +239,30 @@ def write_curves_csv(curves: dict[str, np.ndarray], path) -> Path:
             wr.writerow(CURVE_FIELDS)
             for pol, c in curves.items():
                 c = np.asarray(c)
-                ep, st = np.meshgrid(np.arange(c.shape[0]), np.arange(c.shape[1]), indexing="ij")
-                wr.writerows(zip([pol] * c.size, ep.ravel().tolist(), st.ravel().tolist(), c.ravel().tolist()))
+                c = c[None] if c.ndim == 2 else c
+                run, ep, st = np.meshgrid(*(np.arange(n) for n in c.shape), indexing="ij")
+                wr.writerows(zip([pol] * c.size, run.ravel().tolist(), ep.ravel().tolist(), st.ravel().tolist(),
+                                 c.ravel().tolist()))
 
     return atomic_write(Path(path), write)
 
 
 def read_curves_csv(path) -> dict[str, np.ndarray]:
-    """Inverse of ``write_curves_csv``: {policy: (episodes, steps + 1) float array}."""
+    """Inverse of ``write_curves_csv``: {policy: (runs * episodes, steps + 1) float array}, the
+    runs one after another (episodes of run 0, then of run 1, ...); files without a ``run``
+    column are one run."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     out: dict[str, np.ndarray] = {}
     for pol in dict.fromkeys(r["policy"] for r in rows):
         sel = [r for r in rows if r["policy"] == pol]
+        n_run = max(int(r.get("run") or 0) for r in sel) + 1
         n_ep = max(int(r["episode"]) for r in sel) + 1
         n_st = max(int(r["step"]) for r in sel) + 1
-        arr = np.full((n_ep, n_st), np.nan)
+        arr = np.full((n_run, n_ep, n_st), np.nan)
         for r in sel:
-            arr[int(r["episode"]), int(r["step"])] = float(r["dice"])
-        out[pol] = arr
+            arr[int(r.get("run") or 0), int(r["episode"]), int(r["step"])] = float(r["dice"])
+        out[pol] = arr.reshape(n_run * n_ep, n_st)
     return out
 
 

@@ -67,6 +67,8 @@ class AgentSpec:
     takes_workers: bool = False
     #: ``train`` takes ``precision`` ("auto", "fp32" or "bf16"; ``agents.common.precision``)
     takes_precision: bool = False
+    #: ``train`` takes ``init_from`` (warm start from a ``supervised`` / vA3C checkpoint, ``agents.common.init_from``)
+    takes_init_from: bool = False
     #: ``claims(path, **bound) -> bool``: is this file this agent's? (formats shared by agents)
     claims: str | Callable | None = None
     description: str = ""
@@ -171,26 +173,27 @@ def load_policy(path, device="cpu") -> tuple[Any, AgentSpec]:
 # ----------------------------------------------------------------------- the built-in agents
 register_agent(AgentSpec(
     name="va3c", label="vA3C", kind="va3c", in_benchmark=True, takes_workers=True, takes_precision=True,
+    takes_init_from=True,
     train="agents.va3c:train_va3c", load="agents.va3c:VA3CPolicy.load", train_cli="agents.va3c:train_from_args",
     description="voxel-level A3C (PixelRL-style), trained in stages: Warmup -> value -> policy"))
 register_agent(AgentSpec(
     name="supervised", label="supervised (vA3C net, Warmup loss only)", kind="supervised", takes_workers=True,
-    takes_precision=True,
+    takes_precision=True, takes_init_from=True,
     train="agents.supervised:train_supervised", load="agents.supervised:SupervisedPolicy.load",
     train_cli="agents.supervised:train_from_args",
     description="control: vA3C's network and Warmup loss for the whole budget, no value or policy stage"))
 register_agent(AgentSpec(
-    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo", takes_precision=True,
+    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo", takes_precision=True, takes_init_from=True,
     train="agents.voxel_ppo:train", load="agents.voxel_ppo:load", train_cli="agents.voxel_ppo:train_from_args",
     description="single-file PPO on per-voxel advantages from reward_map (agents/voxel_ppo.py)"))
 register_agent(AgentSpec(
     name="ppo", label="PPO (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "ppo"}, in_benchmark=True,
-    claims=_sb3_zip_is, takes_precision=True,
+    claims=_sb3_zip_is, takes_precision=True, takes_init_from=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",
     description="stable-baselines3 PPO with a fully-convolutional per-voxel policy"))
 register_agent(AgentSpec(
     name="a2c", label="A2C (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "a2c"}, in_benchmark=True,
-    claims=_sb3_zip_is, takes_precision=True,
+    claims=_sb3_zip_is, takes_precision=True, takes_init_from=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",
     description="stable-baselines3 A2C with a fully-convolutional per-voxel policy"))
 register_agent(AgentSpec(

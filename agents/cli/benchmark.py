@@ -4,6 +4,7 @@
     svl-drl benchmark --agents identity,intensity,oracle,ppo --train-minutes 5 --episodes 64 --out runs/b
     svl-drl benchmark --agents identity,ppo --checkpoint ppo=runs/ppo/model.zip --out runs/b
     svl-drl benchmark --agents identity,oracle --custom examples/custom_agent.py:ThresholdPolicy --out runs/b
+    svl-drl benchmark --quick --track warm-start --out runs/warm   # RL fine-tuning of one supervised checkpoint
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(vA3C on {QUICK['train_config']['va3c']['num_envs']} envs per update), trained "
                         f"{QUICK['train_jobs']} at once; "
                         f"explicit options override it")
+    p.add_argument("--track", choices=("scratch", "warm-start", "both"), default="scratch",
+                   help="scratch: learned agents train from their own init; warm-start: train supervised once "
+                        "(or --checkpoint supervised=PATH), score it alone as 'supervised (checkpoint)' and "
+                        "fine-tune every other learned agent from it for the same budget; both: the two in one "
+                        "leaderboard")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
     p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
                    help="number of cases drawn as slice overlays (default: 3)")
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
                    progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
-                   train_config=train_config, train_jobs=jobs, precision=args.precision)
+                   train_config=train_config, train_jobs=jobs, precision=args.precision, track=args.track)
     print(result["leaderboard_md"].read_text())
     print(f"benchmark written to {result['out']}")
     return 0

@@ -35,6 +35,7 @@ import importlib.util
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -42,6 +43,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from agents.eval import episodes as E
+from agents.eval import warm_start as W
 from agents import registry
 from agents.common.precision import PRECISIONS
 from agents.eval.leaderboard import leaderboard_from_per_case, write_leaderboard
@@ -213,7 +215,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         episodes: int = 32, seed: int = 0, out="runs/benchmark", train_minutes: float | dict | None = None,
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
         workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1,
-        precision: str | None = None) -> dict:
+        precision: str | None = None, track: str = "scratch") -> dict:
     """Benchmark built-in agents (``agents``) and policy objects (``policies``) on the same
     seeded episodes; write the files listed in the module doc into ``out``.
 
@@ -236,6 +238,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             ``clock="cpu"``, so that sharing the cores does not shrink anyone's budget).
         precision: the learned agents' training arithmetic, auto (None), fp32 or bf16
             (``agents.common.precision``); each run's config.json records the resolved one.
+        track: "scratch" (default), "warm-start" or "both" (``agents.eval.warm_start``): the
+            learned agents fine-tune from one ``supervised`` checkpoint, scored alone as the control.
 
     Returns {"leaderboard": rows, "per_case_csv", "leaderboard_csv", "leaderboard_md",
     "metrics_png", "dice_steps_png", "overlays": [paths], "out"}.
@@ -270,6 +274,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     if train_jobs > 1 and clock != "cpu":
         raise ValueError("training agents in parallel (train_jobs > 1) needs CPU-time budgets (clock='cpu'): "
                          "wall-clock budgets would shrink with every process sharing the cores")
+    warm = W.plan(agents, track, checkpoints, train_minutes, sys.modules[__name__])  # checked before training
+    agents = warm.scratch
     to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
     if precision not in (None, *PRECISIONS):
@@ -316,6 +322,14 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         else:
             pol = make_heuristic(a)
         built.append(pol)
+    warm_meta = {}
+    if track != "scratch":
+        warm_pols, warm_training, warm_meta = W.run_track(
+            warm, bench=sys.modules[__name__], env_kwargs=env_kwargs, seed=seed + TRAIN_SEED_OFFSET, out=out,
+            progress=progress, workers=workers, train_config=train_config, precision=precision, clock=clock,
+            train_jobs=train_jobs, device=env.device)
+        built += warm_pols
+        training.update(warm_training)
     built += list(policies)
     names = [_policy_name(p) for p in built]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -355,7 +369,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             overlay_paths.append(plot_overlay(case, ep, out / "overlays" / f"episode_{ep:03d}.png"))
     meta = {"env_kwargs": env.to_json(strict=False),
             "episodes": episodes, "seed": seed, "train_seed": seed + TRAIN_SEED_OFFSET, "policies": names,
-            "training": training, "precision": "auto" if precision is None else precision,
+            "training": training, "precision": "auto" if precision is None else precision, "track": track,
+            **({"warm_start": warm_meta} if warm_meta else {}),
             "eval_seconds": round(eval_seconds, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1), "host": platform.node(),
             "python": platform.python_version()}
@@ -403,6 +418,7 @@ def _notes(env_kwargs, episodes, seed, training) -> list[str]:
         else:
             unit = "CPU-min" if t.get("clock") == "cpu" else "min"
             alongside = f", in parallel with {t['trained_alongside']} other(s)" if t.get("trained_alongside") else ""
+            init = f", fine-tuned from {t['init_from']}" if t.get("init_from") else ""
             notes.append(f"{name}: trained {t['minutes_used']} min wall (budget {t['minutes_budget']:g} {unit}"
-                         f"{alongside}), run {t['run']}.")
+                         f"{alongside}{init}), run {t['run']}.")
     return notes

@@ -16,7 +16,9 @@ The functions' contracts:
 - ``train(*, env_kwargs, seed, out, progress, updates=None, minutes=None, cpu_minutes=None,
   **options) -> Policy``: train for the budget (whichever limit ends first), write the run
   folder ``out`` (its policy file is ``out / spec.checkpoint``) and return the policy. It is
-  called with keywords only.
+  called with keywords only. Agents with ``takes_init_from`` also take ``init_from=PATH`` (a
+  warm start from a ``supervised`` checkpoint: ``agents.common.init_from``, ``--init-from``,
+  the benchmark's warm-start track).
 - ``load(path, device="cpu") -> Policy``: a trained policy from its file or run folder.
 - ``train_cli(args) -> Path``: ``svl-drl train --agent NAME`` (the parsed options of
   ``agents/cli/train.py``); returns the run folder.

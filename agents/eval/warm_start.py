@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 
 from agents import registry
+from agents.common.checkpoint import load_checkpoint, resolve_checkpoint
 
 __all__ = ["TRACKS", "SOURCE", "CONTROL_LABEL", "WarmStartPlan", "plan", "warm_label", "run_track"]
 
@@ -82,6 +83,8 @@ def plan(agents, track: str, checkpoints: dict, train_minutes, bench: ModuleType
                              f"--checkpoint applies to {SOURCE} only there, got {', '.join(other)}")
     scratch = agents if track == "both" else [a for a in agents if a not in learned]
     if SOURCE in checkpoints:
+        # a file of another agent is named now, not after the from-scratch rows have trained
+        load_checkpoint(resolve_checkpoint(checkpoints[SOURCE]), registry.get_agent(SOURCE).kind)
         source = "given"
     elif track == "both" and SOURCE in agents:
         source = "scratch row"

@@ -59,6 +59,13 @@ def test_tracks_that_cannot_run_are_refused_before_training(tmp_path, capsys):
     with pytest.raises(ValueError, match="--checkpoint applies to supervised only"):
         B.run(agents="identity,va3c", env_kwargs=ENV, out=tmp_path, train_minutes=1, track="warm-start",
               checkpoints={"va3c": str(tmp_path / "va3c.pt")})
+    from agents.va3c import VA3CPolicy
+
+    VA3CPolicy.untrained(ENV).save(tmp_path / "v" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="kind 'va3c', expected supervised"):
+        B.run(agents="identity,va3c", env_kwargs=ENV, out=tmp_path, train_minutes=1, track="both",
+              checkpoints={"supervised": str(tmp_path / "v")})
+    assert not (tmp_path / "runs").exists()  # refused before anything trained
     assert main(["benchmark", "--agents", "identity,va3c", "--track", "warm-start", "--train-minutes", "va3c=1",
                  "--out", str(tmp_path / "cli")]) == 2
     assert "no training budget for ['supervised']" in capsys.readouterr().err

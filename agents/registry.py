@@ -16,7 +16,9 @@ The functions' contracts:
 - ``train(*, env_kwargs, seed, out, progress, updates=None, minutes=None, cpu_minutes=None,
   **options) -> Policy``: train for the budget (whichever limit ends first), write the run
   folder ``out`` (its policy file is ``out / spec.checkpoint``) and return the policy. It is
-  called with keywords only.
+  called with keywords only. Agents with ``takes_init_from`` also take ``init_from=PATH`` (a
+  warm start from a ``supervised`` checkpoint: ``agents.common.init_from``, ``--init-from``,
+  the benchmark's warm-start track).
 - ``load(path, device="cpu") -> Policy``: a trained policy from its file or run folder.
 - ``train_cli(args) -> Path``: ``svl-drl train --agent NAME`` (the parsed options of
   ``agents/cli/train.py``); returns the run folder.
@@ -67,6 +69,8 @@ class AgentSpec:
     takes_workers: bool = False
     #: ``train`` takes ``precision`` ("auto", "fp32" or "bf16"; ``agents.common.precision``)
     takes_precision: bool = False
+    #: ``train`` takes ``init_from`` (warm start from a ``supervised`` / vA3C checkpoint, ``agents.common.init_from``)
+    takes_init_from: bool = False
     #: ``claims(path, **bound) -> bool``: is this file this agent's? (formats shared by agents)
     claims: str | Callable | None = None
     description: str = ""
@@ -174,27 +178,27 @@ def load_policy(path, device="cpu") -> tuple[Any, AgentSpec]:
 # ----------------------------------------------------------------------- the built-in agents
 register_agent(AgentSpec(
     name="va3c", label="vA3C", kind="va3c", in_benchmark=True, takes_workers=True, takes_precision=True,
-    control="supervised",
+    control="supervised", takes_init_from=True,
     train="agents.va3c:train_va3c", load="agents.va3c:VA3CPolicy.load", train_cli="agents.va3c:train_from_args",
     description="voxel-level A3C (PixelRL-style), trained in stages: Warmup -> value -> policy"))
 register_agent(AgentSpec(
     name="supervised", label="supervised (vA3C net, Warmup loss only)", kind="supervised", takes_workers=True,
-    takes_precision=True,
+    takes_precision=True, takes_init_from=True,
     train="agents.supervised:train_supervised", load="agents.supervised:SupervisedPolicy.load",
     train_cli="agents.supervised:train_from_args",
     description="control: vA3C's network and Warmup loss for the whole budget, no value or policy stage"))
 register_agent(AgentSpec(
-    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo", takes_precision=True,
+    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo", takes_precision=True, takes_init_from=True,
     train="agents.voxel_ppo:train", load="agents.voxel_ppo:load", train_cli="agents.voxel_ppo:train_from_args",
     description="single-file PPO on per-voxel advantages from reward_map (agents/voxel_ppo.py)"))
 register_agent(AgentSpec(
     name="ppo", label="PPO (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "ppo"}, in_benchmark=True,
-    claims=_sb3_zip_is, takes_precision=True,
+    claims=_sb3_zip_is, takes_precision=True, takes_init_from=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",
     description="stable-baselines3 PPO with a fully-convolutional per-voxel policy"))
 register_agent(AgentSpec(
     name="a2c", label="A2C (SB3)", suffix=".zip", checkpoint="model.zip", bound={"algo": "a2c"}, in_benchmark=True,
-    claims=_sb3_zip_is, takes_precision=True,
+    claims=_sb3_zip_is, takes_precision=True, takes_init_from=True,
     train="agents.sb3:train_sb3", load="agents.sb3:load_sb3", train_cli="agents.sb3:train_from_args",
     description="stable-baselines3 A2C with a fully-convolutional per-voxel policy"))
 register_agent(AgentSpec(

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from agents.common.budget import Budget, scheduled_lr, update_seed
 from agents.common.checkpoint import ensure_dir
 from agents.common.distributions import gumbel_sample
+from agents.common.init_from import load_network, read_init, record
 from agents.common.precision import autocast, resolve_precision
 from agents.common.runlog import MetricsCSV, write_json
 from agents.va3c.learner import make_env
@@ -218,10 +219,13 @@ METRICS = ("update", "progress", "lr", "seconds", "elapsed", "cpu_elapsed", "dic
 
 
 def train(*, env_kwargs: dict, seed: int = 0, out=None, progress: bool = True, updates: int | None = None,
-          minutes: float | None = None, cpu_minutes: float | None = None, **options) -> VoxelPPOPolicy:
+          minutes: float | None = None, cpu_minutes: float | None = None, init_from=None,
+          **options) -> VoxelPPOPolicy:
     """Train voxel-PPO on ``SVLDRLVectorEnv(**env_kwargs)`` for the budget (whichever limit ends
     first; none: 200 updates; one update = ``num_envs`` episodes). ``options``: ``Args`` fields.
-    ``out``: run folder (``checkpoint.pt``, ``config.json``, ``metrics.csv``) or None."""
+    ``out``: run folder (``checkpoint.pt``, ``config.json``, ``metrics.csv``) or None.
+    ``init_from``: warm start -- the network starts from a ``supervised`` / vA3C / voxel-PPO
+    checkpoint (file or run folder) of the same shape (``agents.common.init_from``); Adam starts fresh."""
     unknown = set(options) - {f.name for f in fields(Args)}
     if unknown:
         raise ValueError(f"unknown voxel-PPO option(s) {sorted(unknown)}; valid: {[f.name for f in fields(Args)]}")
@@ -229,14 +233,20 @@ def train(*, env_kwargs: dict, seed: int = 0, out=None, progress: bool = True, u
     args = Args(**options)
     args.precision = resolve_precision(args.precision, env_config.torch_device)  # "fp32" or "bf16" from here on
     budget = Budget(updates, minutes, cpu_minutes)
+    init = read_init(init_from) if init_from is not None else None
     if env_config.action_set != "label" and args.baseline == "counterfactual":
         raise ValueError("baseline='counterfactual' needs action_set='label'; pass baseline='value'")
+    # built before the env (the init forks the RNG, so the order changes nothing): a warm start
+    # of another network shape is refused (one ValueError line) before anything is allocated
+    net = _init_net(asdict(args), env_config.num_channels, env_config.num_actions, seed)
+    if init is not None:
+        load_network(net, init)
     env = make_env(env_config, args.num_envs, args.baseline == "counterfactual")
-    net = _init_net(asdict(args), env_config.num_channels, env_config.num_actions, seed).to(env.device)
+    net = net.to(env.device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, eps=args.adam_eps)
     scale = scale_for(args.reward_scale, env.patch_shape)
     config = {"net": net.config, "train": asdict(args), "env": env_config.to_json(), "seed": int(seed),
-              "budget": budget.as_dict(), "agent": KIND, "precision": args.precision}
+              "budget": budget.as_dict(), "agent": KIND, "precision": args.precision, "init_from": record(init)}
     log = None
     if out is not None:
         ensure_dir(out, "--out")
@@ -309,5 +319,6 @@ def train_from_args(args) -> Path:
     env = env_config(args)
     validate_env(env)
     train(env_kwargs=env, seed=args.seed, out=Path(args.out), progress=not args.no_progress, updates=args.updates,
-          minutes=args.minutes, num_envs=args.num_envs, precision=args.precision or "auto")
+          minutes=args.minutes, num_envs=args.num_envs, precision=args.precision or "auto",
+          init_from=getattr(args, "init_from", None))
     return Path(args.out)

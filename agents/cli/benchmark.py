@@ -5,6 +5,7 @@
     svl-drl benchmark --agents identity,ppo --checkpoint ppo=runs/ppo/model.zip --out runs/b
     svl-drl benchmark --agents identity,supervised,va3c --seeds 5 --train-minutes 7 --clock cpu --out runs/s
     svl-drl benchmark --agents identity,oracle --custom examples/custom_agent.py:ThresholdPolicy --out runs/b
+    svl-drl benchmark --quick --track warm-start --out runs/warm   # RL fine-tuning of one supervised checkpoint
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(vA3C on {QUICK['train_config']['va3c']['num_envs']} envs per update), trained "
                         f"{QUICK['train_jobs']} at once; "
                         f"explicit options override it")
+    p.add_argument("--track", choices=("scratch", "warm-start", "both"), default="scratch",
+                   help="scratch: learned agents train from their own init; warm-start: train supervised once "
+                        "(or --checkpoint supervised=PATH), score it alone as 'supervised (checkpoint)' and "
+                        "fine-tune every other learned agent from it for the same budget; both: the two in one "
+                        "leaderboard")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
     p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
                    help="number of cases drawn as slice overlays (default: 3)")
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
                    progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
                    train_config=train_config, train_jobs=jobs, precision=args.precision, seeds=args.seeds,
-                   stats_reps=args.bootstrap_reps)
+                   stats_reps=args.bootstrap_reps, track=args.track)
     print(result["leaderboard_md"].read_text())
     print(result["stats_md"].read_text())
     print(f"benchmark written to {result['out']}")

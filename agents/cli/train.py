@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "vA3C checkpoint.pt files are tensor-only and safe to load; PPO/A2C model.zip files are "
                         "SB3's format with pickles inside that can run code when loaded: resume only runs from "
                         "a trusted source")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="warm start: begin from the network of a supervised (or va3c) checkpoint.pt or run folder "
+                        "of the same network shape (va3c then skips its Warmup stage; ppo/a2c take the "
+                        "checkpoint's backbone and policy head)")
     budget = p.add_argument_group("budget")
     budget.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     budget.add_argument("--updates", type=int, default=None, help="number of updates (default 200 if no --minutes)")
@@ -45,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.agent != "rllib-ppo" and (args.num_env_runners is not None or args.address is not None):
         raise ValueError("--num-env-runners and --address apply to --agent rllib-ppo only")
+    spec = registry.get_agent(args.agent)
+    if args.init_from is not None and not spec.takes_init_from:
+        warm = ", ".join(n for n in registry.agent_names() if registry.get_agent(n).takes_init_from)
+        raise ValueError(f"--init-from applies to {warm}, not {args.agent}")
+    if args.init_from is not None and args.resume is not None:
+        raise ValueError("give --resume or --init-from, not both (a resumed run keeps its own weights)")
     run_dir = registry.resolve(registry.get_agent(args.agent).train_cli)(args)
     print(f"run written to {run_dir}")
     return 0

@@ -42,6 +42,7 @@ import importlib
 import importlib.util
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -51,6 +52,7 @@ import numpy as np
 from agents.eval import episodes as E
 from agents.eval import seeds as S
 from agents.eval import stats as ST
+from agents.eval import warm_start as W
 from agents import registry
 from agents.common.precision import PRECISIONS
 from agents.eval.leaderboard import leaderboard_from_per_case, write_leaderboard
@@ -213,7 +215,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         episodes: int = 32, seed: int = 0, out="runs/benchmark", train_minutes: float | dict | None = None,
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
         workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1,
-        precision: str | None = None, seeds: int = 1, stats_reps: int = ST.DEFAULT_REPS) -> dict:
+        precision: str | None = None, seeds: int = 1, stats_reps: int = ST.DEFAULT_REPS,
+        track: str = "scratch") -> dict:
     """Benchmark built-in agents (``agents``) and policy objects (``policies``) on the same
     seeded episodes; write the files listed in the module doc into ``out``.
 
@@ -240,6 +243,9 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             run k on training seed ``seed + TRAIN_SEED_OFFSET + k``, each scored on the same
             episodes; per_case.csv's ``run`` column tells them apart.
         stats_reps: bootstrap replications of the statistics (``agents.eval.stats``).
+        track: "scratch" (default), "warm-start" or "both" (``agents.eval.warm_start``): the
+            learned agents fine-tune from one ``supervised`` checkpoint, scored alone as the control.
+            The warm-start rows are one training run each (``seeds`` > 1 is refused with them).
 
     Returns {"leaderboard": rows, "per_case_csv", "leaderboard_csv", "leaderboard_md",
     "metrics_png", "dice_steps_png", "overlays": [paths], "stats": rows, "stats_csv", "stats_md",
@@ -275,9 +281,14 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     if train_jobs > 1 and clock != "cpu":
         raise ValueError("training agents in parallel (train_jobs > 1) needs CPU-time budgets (clock='cpu'): "
                          "wall-clock budgets would shrink with every process sharing the cores")
+    warm = W.plan(agents, track, checkpoints, train_minutes, sys.modules[__name__])  # checked before training
+    agents = warm.scratch
     to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
     seeds = S.check_seeds(seeds)
+    if seeds > 1 and track != "scratch":
+        raise ValueError(f"--seeds {seeds} applies to the scratch track only; the warm-start track trains one run "
+                         "per agent (run the two tracks separately)")
     if precision not in (None, *PRECISIONS):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     train_config = {**(train_config or {}), **{a: {**(train_config or {}).get(a, {}), "precision": precision}
@@ -318,6 +329,14 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
                                                     alongside=len(runs) - 1 if parallel else 0)
         else:
             built.append((make_heuristic(a), 0))
+    warm_meta = {}
+    if track != "scratch":
+        warm_pols, warm_training, warm_meta = W.run_track(
+            warm, bench=sys.modules[__name__], env_kwargs=env_kwargs, seed=seed + TRAIN_SEED_OFFSET, out=out,
+            progress=progress, workers=workers, train_config=train_config, precision=precision, clock=clock,
+            train_jobs=train_jobs, device=env.device)
+        built += [(p, 0) for p in warm_pols]
+        training.update(warm_training)
     built += [(p, 0) for p in policies]
     names = [_policy_name(p) for p, _ in built]
     agent_names = {a: names[i] for a, i in agent_names.items()}
@@ -366,7 +385,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     meta = {"env_kwargs": env.to_json(strict=False),
             "episodes": episodes, "seed": seed, "train_seed": seed + TRAIN_SEED_OFFSET, "seeds": seeds,
             "policies": list(dict.fromkeys(names)),
-            "training": training, "precision": "auto" if precision is None else precision,
+            "training": training, "precision": "auto" if precision is None else precision, "track": track,
+            **({"warm_start": warm_meta} if warm_meta else {}),
             "eval_seconds": round(eval_seconds, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1), "host": platform.node(),
             "python": platform.python_version()}
@@ -417,6 +437,7 @@ def _notes(env_kwargs, episodes, seed, training) -> list[str]:
         else:
             unit = "CPU-min" if t.get("clock") == "cpu" else "min"
             alongside = f", in parallel with {t['trained_alongside']} other(s)" if t.get("trained_alongside") else ""
+            init = f", fine-tuned from {t['init_from']}" if t.get("init_from") else ""
             notes.append(f"{name}: trained {t['minutes_used']} min wall (budget {t['minutes_budget']:g} {unit}"
-                         f"{alongside}), run {t['run']}.")
+                         f"{alongside}{init}), run {t['run']}.")
     return notes

@@ -46,7 +46,9 @@ from agents.common.policy import Policy, as_tensor
 from agents.common.checkpoint import atomic_write, ensure_dir, run_folder
 from agents.common.runlog import write_json
 from agents.common.interrupt import graceful_sigint
+from agents.common.init_from import record as _init_record
 from agents.common.precision import resolve_precision
+from agents.sb3 import warm_start as warm
 from agents.sb3.vec_env import SB3VecEnv
 from agents.sb3.policy import VoxelActorCriticPolicy
 from svl_env import EnvConfig
@@ -284,7 +286,7 @@ def split_config(algo: str, config: dict) -> tuple[dict, dict]:
 def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None = None,
               timesteps: int | None = None, cpu_minutes: float | None = None, seed: int = 0, out=None,
               progress: bool = True, num_envs: int = 8, resume=None, checkpoint_every: int | None = 50,
-              obs_dtype=np.float32, precision: str | None = None, **config) -> SB3Policy:
+              obs_dtype=np.float32, precision: str | None = None, init_from=None, **config) -> SB3Policy:
     """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
 
     Args:
@@ -302,12 +304,21 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
         obs_dtype: float32 or float16 observations in the rollout buffer.
         precision: auto (None), fp32 or bf16 for the policy's rollout and training passes
             (``agents.common.precision``; weights, optimiser and losses stay float32).
+        init_from: warm start from a ``supervised`` / vA3C / voxel-PPO checkpoint or run folder:
+            the policy takes its backbone config, backbone and policy head (``agents.sb3.warm_start``).
         **config: SB3 hyper-parameters (learning_rate, n_steps, batch_size, n_epochs, gamma,
             gae_lambda, ent_coef, vf_coef, clip_range, max_grad_norm, ...) and policy options
             (backbone, width, depth, keep_bias, reduction); defaults in ``DEFAULTS``.
     """
     algo = algo.lower()
     algo_kw, pol_kw = split_config(algo, config)
+    init = None
+    if init_from is not None:
+        if resume is not None:
+            raise ValueError("give resume or init_from, not both (a resumed run keeps its own weights)")
+        init = warm.read_init(init_from)
+        env_cfg = EnvConfig.from_any(env_kwargs)
+        pol_kw = warm.warm_policy_kwargs(init, pol_kw, set(config), env_cfg.num_channels, env_cfg.num_actions)
     if minutes is not None and cpu_minutes is not None:
         raise ValueError("give minutes (wall clock) or cpu_minutes, not both")
     for name, value in (("minutes", minutes), ("cpu_minutes", cpu_minutes)):
@@ -352,6 +363,8 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
     else:
         model = ALGOS[algo](VoxelActorCriticPolicy, venv, policy_kwargs=dict(pol_kw), seed=seed, device=device,
                             verbose=0, **algo_kw)
+        if init is not None:
+            warm.load_into_policy(model.policy, init)
     model.policy.precision = precision
     if run_dir is not None:
         ensure_dir(run_dir, "--out")
@@ -359,6 +372,7 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
                "num_envs": venv.num_envs, "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw),
                "minutes": minutes, "clock": clock, "timesteps": timesteps,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
+               "init_from": _init_record(init),
                "note": TRUST_NOTE}
         write_json(run_dir / "config.json", cfg)
         model.set_logger(Logger(str(run_dir), [MetricsCSV(run_dir / "metrics.csv", append=resume_zip is not None),
@@ -415,5 +429,6 @@ def train_from_args(args: argparse.Namespace) -> Path:
     out = run_folder(args.out, args.resume)
     train_sb3(algo, env, minutes=args.minutes, timesteps=timesteps, seed=args.seed, out=out,
               progress=not args.no_progress, num_envs=args.num_envs, resume=args.resume,
-              checkpoint_every=args.checkpoint_every, precision=args.precision)
+              checkpoint_every=args.checkpoint_every, precision=args.precision,
+              init_from=getattr(args, "init_from", None))
     return out

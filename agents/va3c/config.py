@@ -85,6 +85,18 @@ def stage_at(cfg: dict, progress: float) -> str:
     return enabled[-1]
 
 
+def stage_bounds(cfg: dict) -> dict[str, list[float]]:
+    """{stage: [start, end]} fractions of the budget for the enabled stages (what ``stage_at`` uses;
+    recorded in a run's config.json)."""
+    out, acc = {}, 0.0
+    enabled = [s for s in STAGES if cfg[s]]
+    for s in enabled:
+        end = 1.0 if s == enabled[-1] else min(1.0, acc + {"warmup": cfg["warmup_frac"], "value": cfg["value_frac"]}[s])
+        out[s] = [round(acc, 6), round(end, 6)]
+        acc = end
+    return out
+
+
 def lr_at(cfg: dict, progress: float) -> float:
     return scheduled_lr(cfg["lr"], progress, schedule=cfg["lr_schedule"], power=cfg["lr_power"],
                         min_frac=cfg["lr_min_frac"])

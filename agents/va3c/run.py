@@ -16,6 +16,7 @@ import torch
 from agents.common.budget import Budget, update_seed
 from agents.common.checkpoint import (CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint,
                                       validate_state_dict)
+from agents.common.init_from import check_same_network, load_network, read_init, record
 from agents.common.networks import PolicyValueNet
 from agents.common.precision import resolve_precision
 from agents.va3c.async_workers import _async_worker
@@ -43,8 +44,14 @@ class VA3CRun:
     policy_class = VA3CPolicy
 
     def __init__(self, env_kwargs: EnvConfig | dict, *, budget: Budget, seed: int = 0, workers: int = 0,
-                 config: dict | None = None):
-        self.cfg = make_config(**(config or {}))
+                 config: dict | None = None, init_from=None):
+        config = dict(config or {})
+        init = None
+        if init_from is not None:
+            init = read_init(init_from)  # an unreadable file is named before anything is built
+            # the checkpoint stands in for the Warmup stage: the RL stages get the whole budget
+            config.setdefault("warmup", False)
+        self.cfg = make_config(**config)
         self.env = EnvConfig.from_any(env_kwargs)
         self.env_json = self.env.to_json()  # before anything is built: a value no checkpoint can hold fails now
         self.budget = budget
@@ -53,11 +60,16 @@ class VA3CRun:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers!r}")
         self.device = self.env.torch_device
-        self.cfg["precision"] = resolve_precision(self.cfg["precision"], self.device)  # what config.json records
         n_ch, n_act = self.env.num_channels, self.env.num_actions
+        if init is not None:  # another network shape: one ValueError line, before anything is built
+            check_same_network(init, _net_config(self.cfg, n_ch, n_act))
+        self.cfg["precision"] = resolve_precision(self.cfg["precision"], self.device)  # what config.json records
         self.model = VA3CModel(_net_config(self.cfg, n_ch, n_act), bool(self.cfg["reward_conv"]),
                                int(self.cfg["reward_conv_size"]))
         self.model.net.load_state_dict(_init_net(self.cfg, n_ch, n_act, self.seed).state_dict())
+        if init is not None:
+            load_network(self.model.net, init)
+        self.init_from = record(init)  # what config.json and the checkpoints record (None: from scratch)
         check_training_memory(self.cfg, self.env, self.model.net, self.workers)  # before any env exists
         self.model.to(self.device)
         self.opt = make_optimizer(self.model, self.cfg)
@@ -71,8 +83,11 @@ class VA3CRun:
     # -- persistence
     def checkpoint_config(self) -> dict:
         train = {k: v for k, v in self.cfg.items() if k not in _PRIVATE_KEYS}  # test hooks never persist
-        return {"net": self.model.net.config, "train": train, "env": self.env_json, "seed": self.seed,
-                "workers": self.workers, "budget": self.budget.as_dict()}
+        out = {"net": self.model.net.config, "train": train, "env": self.env_json, "seed": self.seed,
+               "workers": self.workers, "budget": self.budget.as_dict()}
+        if self.init_from is not None:  # scratch runs' checkpoints stay as they were
+            out["init_from"] = self.init_from
+        return out
 
     def save(self, path) -> Path:
         opt_flat, opt_meta = optimizer_tensors(self.opt)
@@ -141,6 +156,7 @@ class VA3CRun:
             run.model.reward_conv.load_state_dict(ck["tensors"]["reward_conv"])
         load_optimizer_tensors(run.opt, ck["tensors"]["optimizer"], meta["optimizer"])
         run.update, run.elapsed, run.cpu_elapsed = update, elapsed, cpu_elapsed
+        run.init_from = cfg.get("init_from")  # a resumed warm start is still one (its weights come from here)
         return run
 
     def policy(self) -> VA3CPolicy:

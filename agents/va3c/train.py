@@ -36,6 +36,7 @@ from agents.common.interrupt import graceful_sigint
 from agents.common.runlog import MetricsCSV, TensorBoardLog, write_json
 from agents.common.budget import Budget
 from agents.va3c.policy import VA3CPolicy
+from agents.va3c.config import stage_bounds
 from agents.va3c.run import VA3CRun
 from svl_env import EnvConfig
 
@@ -75,7 +76,7 @@ class _Bar:
 def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, updates: int | None = None,
                  seed: int = 0, workers: int = 0, out=None, progress: bool = True, resume=None,
                  checkpoint_every: int = 50, tensorboard: bool = True, cpu_minutes: float | None = None,
-                 precision: str | None = None, run_class: type[VA3CRun] = VA3CRun,
+                 precision: str | None = None, run_class: type[VA3CRun] = VA3CRun, init_from=None,
                  **config) -> tuple[VA3CPolicy, Path | None, VA3CRun]:
     """Train (or resume) a vA3C run. Returns (policy, run folder or None, the run object).
     ``run_class``: ``VA3CRun`` or a subclass (another agent on vA3C's machinery).
@@ -85,10 +86,15 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
     memory the configuration needs. Ctrl-C ends the run after the current update with a
     final checkpoint, then raises ``KeyboardInterrupt``. ``precision`` (auto/fp32/bf16):
     None is ``auto`` for a new run and the run's own precision for a resumed one.
+    ``init_from``: a checkpoint (file or run folder) of ``supervised``, vA3C or voxel-PPO whose
+    network the new run starts from (``agents.common.init_from``); the Warmup stage is then off
+    unless ``warmup=True`` is given, so the value and policy stages share the whole budget.
     """
     from agents.cli.envargs import validate_env
 
     resume_dir = None
+    if resume is not None and init_from is not None:
+        raise ValueError("give resume or init_from, not both (a resumed run keeps its own weights)")
     if resume is not None:
         from agents.common.checkpoint import resolve_checkpoint
 
@@ -102,7 +108,7 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
         if precision is not None:
             config["precision"] = precision
         run = run_class(env_kwargs, budget=Budget(updates, minutes, cpu_minutes), seed=seed, workers=workers,
-                        config=config)
+                        config=config, init_from=init_from)
     validate_env(run.env)  # bad data is named now, not by a worker at update 37
     out_dir = Path(out) if out is not None else None
     hooks, closers = [], []
@@ -118,7 +124,8 @@ def run_training(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, 
         ckpt = out_dir / "checkpoint.pt"
     try:
         if out_dir is not None:
-            cfg = {**run.checkpoint_config(), "agent": run.kind, "precision": run.cfg["precision"]}
+            cfg = {**run.checkpoint_config(), "agent": run.kind, "precision": run.cfg["precision"],
+                   "init_from": run.init_from, "stages": stage_bounds(run.cfg)}
             write_json(out_dir / "config.json", cfg)
             mcsv = MetricsCSV(out_dir / "metrics.csv", METRIC_FIELDS,
                               keep_below=run.update if resume is not None else None,
@@ -186,7 +193,8 @@ def train_from_args(args, run_class: type[VA3CRun] = VA3CRun) -> Path:
     _, run_dir, run = run_training(
         env_config(args), minutes=args.minutes, updates=args.updates, seed=args.seed, workers=args.workers,
         out=out, progress=not args.no_progress, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        num_envs=args.num_envs, precision=args.precision, run_class=run_class)
+        num_envs=args.num_envs, precision=args.precision, run_class=run_class,
+        init_from=getattr(args, "init_from", None))
     return run_dir
 
 
@@ -200,7 +208,9 @@ def train_va3c(env_kwargs: EnvConfig | dict, *, minutes: float | None = None, up
     events); ``None`` writes nothing. Extra keywords: ``DEFAULT_CONFIG`` options (``precision``:
     auto, fp32 or bf16, see ``agents.common.precision``), plus run
     options ``resume`` (a run folder / checkpoint to continue; its config wins),
-    ``checkpoint_every`` (updates, default 50) and ``tensorboard`` (default True).
+    ``checkpoint_every`` (updates, default 50), ``tensorboard`` (default True) and ``init_from``
+    (warm start: a ``supervised`` / vA3C checkpoint or run folder of the same network shape;
+    the Warmup stage is skipped, config.json records ``init_from`` and the ``stages`` used).
     """
     return run_training(env_kwargs, minutes=minutes, updates=updates, seed=seed, workers=workers, out=out,
                         progress=progress, **config)[0]

@@ -1,0 +1,71 @@
+"""The benchmark's warm-start track (agents.eval.warm_start): the supervised checkpoint is the
+control row, every other learned agent fine-tunes from it; benchmark.json records both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.cli import main
+from agents.common.checkpoint import load_checkpoint
+from agents.eval import benchmark as B
+
+ENV = dict(patch_size=10, max_steps=2)
+TINY = {a: {"num_envs": 2} for a in ("va3c", "supervised", "voxel-ppo")}
+
+
+def test_warm_start_track_scores_the_checkpoint_and_the_fine_tuned_agents(tmp_path):
+    res = B.run(agents="identity,va3c,voxel-ppo", env_kwargs=ENV, episodes=3, seed=0, out=tmp_path,
+                train_minutes=0.01, overlays=0, progress=False, track="warm-start", train_config=TINY,
+                precision="fp32")
+    rows = {r["policy"] for r in res["leaderboard"]}
+    assert rows == {"identity", "supervised (checkpoint)", "vA3C (warm start)", "voxel-PPO (warm start)"}
+    meta = json.loads((tmp_path / "benchmark.json").read_text())
+    ck = tmp_path / "runs" / "supervised" / "checkpoint.pt"
+    assert meta["track"] == "warm-start" and meta["warm_start"]["checkpoint"] == str(ck)
+    assert meta["warm_start"]["control"] == "supervised (checkpoint)"
+    assert load_checkpoint(ck)["kind"] == "supervised"
+    for agent in ("va3c", "voxel-ppo"):  # fine-tuned from that checkpoint, each in its own run folder
+        cfg = json.loads((tmp_path / "warm-start" / "runs" / agent / "config.json").read_text())
+        assert Path(cfg["init_from"]["path"]) == ck.resolve()
+    assert not (tmp_path / "runs" / "va3c").exists()  # nothing trained from scratch
+    assert "fine-tuned from" in res["leaderboard_md"].read_text()
+
+
+def test_both_tracks_share_the_given_checkpoint(tmp_path):
+    from agents.supervised import train_supervised
+
+    ck = tmp_path / "sup"
+    train_supervised(ENV, updates=1, out=ck, progress=False, num_envs=2, precision="fp32")
+    res = B.run(agents="identity,supervised,voxel-ppo", env_kwargs=ENV, episodes=2, seed=0, out=tmp_path / "b",
+                train_minutes=0.01, overlays=0, progress=False, track="both", train_config=TINY, precision="fp32",
+                checkpoints={"supervised": str(ck)})
+    rows = [r["policy"] for r in res["leaderboard"]]
+    # the scratch supervised row is the checkpoint itself: the control, not a second identical row
+    assert sorted(rows) == sorted(["identity", "supervised (vA3C net, Warmup loss only)", "voxel-PPO",
+                                   "voxel-PPO (warm start)"])
+    meta = json.loads((tmp_path / "b" / "benchmark.json").read_text())["warm_start"]
+    assert meta["control"] == "supervised (vA3C net, Warmup loss only)" and meta["checkpoint_source"] == "given"
+
+
+def test_tracks_that_cannot_run_are_refused_before_training(tmp_path, capsys):
+    with pytest.raises(ValueError, match="track must be one of"):
+        B.run(agents="identity", env_kwargs=ENV, out=tmp_path, track="warm")
+    with pytest.raises(ValueError, match="rllib-ppo cannot start from a checkpoint"):
+        B.run(agents="identity,rllib-ppo", env_kwargs=ENV, out=tmp_path, train_minutes=1, track="warm-start")
+    (tmp_path / "va3c.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="--checkpoint applies to supervised only"):
+        B.run(agents="identity,va3c", env_kwargs=ENV, out=tmp_path, train_minutes=1, track="warm-start",
+              checkpoints={"va3c": str(tmp_path / "va3c.pt")})
+    from agents.va3c import VA3CPolicy
+
+    VA3CPolicy.untrained(ENV).save(tmp_path / "v" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="kind 'va3c', expected supervised"):
+        B.run(agents="identity,va3c", env_kwargs=ENV, out=tmp_path, train_minutes=1, track="both",
+              checkpoints={"supervised": str(tmp_path / "v")})
+    assert not (tmp_path / "runs").exists()  # refused before anything trained
+    assert main(["benchmark", "--agents", "identity,va3c", "--track", "warm-start", "--train-minutes", "va3c=1",
+                 "--out", str(tmp_path / "cli")]) == 2
+    assert "no training budget for ['supervised']" in capsys.readouterr().err

@@ -188,11 +188,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-minutes", type=float, default=4.0, help="CPU budget per method (process CPU time)")
     ap.add_argument("--jobs", type=int, default=2, help="methods trained at the same time (one thread each)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the phantom data set")
-    ap.add_argument("--train", type=int, default=32, help="training cases (half of them corrupted)")
+    ap.add_argument("--train", type=int, default=32, help="training cases (--noise-ratio of them corrupted)")
     ap.add_argument("--test", type=int, default=64,
                     help="test cases (with 16, one hard case moved a run's mean test Dice by up to 0.05)")
     ap.add_argument("--families", default="blob", help="phantom families, comma-separated")
     ap.add_argument("--modalities", default="mr", help="phantom modalities, comma-separated (mr, ct)")
+    ap.add_argument("--noise", default="mt",
+                    help="noise protocol of the corrupted training labels (svl_env.noise spec, e.g. mt or mt+sp+flip)")
+    ap.add_argument("--noise-ratio", type=float, default=0.5,
+                    help="fraction of the training cases whose labels are corrupted (1.0: every label noisy)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"methods to run, comma-separated, of: {', '.join(METHODS)}")
     ap.add_argument("--run-seeds", default="0,1,2,3",
@@ -218,7 +222,7 @@ def main(argv=None) -> int:
         # reuse the runs (the data are rewritten with the new test set); anything else is a
         # different data set
         want = {"n_train": args.train, "seed": args.seed, "families": args.families.split(","),
-                "modalities": args.modalities.split(",")}
+                "modalities": args.modalities.split(","), "noise_ratio": args.noise_ratio}
         diff = [k for k, v in want.items() if data_summary.get(k, v) != v]
         if diff:
             ap.error(f"--reuse: {work} holds a different data set (its {', '.join(diff)} differ from these "
@@ -230,7 +234,8 @@ def main(argv=None) -> int:
         for d in (work / "data" / "imagesTs", work / "clean_labelsTs"):  # a smaller --test leaves none behind
             shutil.rmtree(d, ignore_errors=True)
         data_summary = make_phantom_dataset(work, n_train=args.train, n_test=args.test, seed=args.seed,
-                                            families=args.families.split(","), modalities=args.modalities.split(","))
+                                            families=args.families.split(","), modalities=args.modalities.split(","),
+                                            noise=args.noise, noise_ratio=args.noise_ratio)
         data_summary["seed"] = args.seed
         summary_path.write_text(json.dumps(data_summary, indent=1))
     print(f"given training labels: Dice vs truth {data_summary['given_label_dice']:.4f} "
@@ -300,7 +305,7 @@ def main(argv=None) -> int:
     lines = [
         f"Phantoms ({', '.join(data_summary['families'])}; {', '.join(data_summary['modalities'])}; "
         f"{data_summary['size'][0]}..{data_summary['size'][1]} voxels per side), {data_summary['n_train']} training "
-        f"cases, {data_summary['n_test']} test cases; MT-Noise (`{data_summary['noise']}`) on "
+        f"cases, {data_summary['n_test']} test cases; noise `{data_summary['noise']}` on "
         f"{len(data_summary['corrupted'])}/{data_summary['n_train']} training cases (noise ratio "
         f"{data_summary['noise_ratio']:g}); given training labels: Dice vs truth "
         f"{data_summary['given_label_dice']:.4f}. "

@@ -47,8 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intensity normalisation (auto: dataset.json, else CT if min < -500)")
     p.add_argument("--backbone", default="unet", choices=("unet", "swin_unetr"),
                    help="shared encoder: small 3D U-Net, or MONAI's Swin UNETR (needs the monai extra)")
-    p.add_argument("--width", type=int, default=None, help="U-Net channels at full resolution (default 12)")
+    p.add_argument("--width", type=int, default=None, help="U-Net channels at full resolution (default 8)")
     p.add_argument("--patch", type=int, default=None, help="training patch size in voxels (default 32)")
+    p.add_argument("--window", type=int, default=None,
+                   help="sliding-window size of every prediction (training-image agreement, label refinement, "
+                        "and the model's default for `svl-drl segment`; default: the training --patch; "
+                        "64 was the default before it was measured to cost test Dice, README 'Staged pipeline')")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_precision_argument(p)
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         config["rounds"] = args.rounds
     if args.patch is not None:
         config["patch"] = args.patch
+    if args.window is not None:
+        config["window"] = args.window
     if args.intensity_every is not None:
         config["intensity_every"] = args.intensity_every
     if args.agents_train_encoder:

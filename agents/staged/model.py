@@ -31,7 +31,8 @@ Backbones:
   ``out_channels = feature_size`` so that it returns full-resolution features; the three
   decoders are then 3x3x3 conv blocks + 1x1 heads on those features (the multi-scale decoder
   lives inside MONAI's network). Needs the ``monai`` extra (``pip install "svl-drl[monai]"``);
-  inputs are padded to a multiple of 32 (Swin UNETR's requirement).
+  inputs are padded to a multiple of 32 (Swin UNETR's requirement), and to at least 64 per axis
+  (so that its bottleneck holds more than one voxel; its instance norm needs that in training).
 """
 
 from __future__ import annotations
@@ -194,11 +195,15 @@ class StagedNet(nn.Module):
         if backbone == "unet":
             enc = [int(width) * 2 ** i for i in range(int(depth) + 1)]
             self.multiple = 2 ** int(depth)
+            self.min_size = 0
             self.encoder = _Encoder(enc, int(convs), int(full_res_convs))
         else:
             self.encoder = _SwinTrunk(feature_size)
             enc = [self.encoder.out_channels]
             self.multiple = 32
+            # and at least 64 voxels per axis: at 32 the bottleneck is one voxel, whose instance
+            # norm raises in training mode (MONAI 1.6: "Expected more than 1 spatial element")
+            self.min_size = 64
         self.enc_channels = enc
         self.seg_decoder = _Decoder(enc, enc, 0, int(convs), int(full_res_convs))
         self.seg_head = nn.Conv3d(enc[0], 1, 1)
@@ -226,7 +231,7 @@ class StagedNet(nn.Module):
     # -- padding to the backbone's size multiple
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         m = self.multiple
-        pad = [(-s) % m for s in reversed(x.shape[-3:])]
+        pad = [max((-s) % m, self.min_size - s) for s in reversed(x.shape[-3:])]
         if any(pad):
             x = F.pad(x, (0, pad[0], 0, pad[1], 0, pad[2]), mode="replicate")
         return x

@@ -182,13 +182,15 @@ register_agent(AgentSpec(
     train="agents.va3c:train_va3c", load="agents.va3c:VA3CPolicy.load", train_cli="agents.va3c:train_from_args",
     description="voxel-level A3C (PixelRL-style), trained in stages: Warmup -> value -> policy"))
 register_agent(AgentSpec(
-    name="supervised", label="supervised (vA3C net, Warmup loss only)", kind="supervised", takes_workers=True,
+    name="supervised", label="supervised (vA3C net, Warmup loss only)", kind="supervised", in_benchmark=True,
+    takes_workers=True,
     takes_precision=True, takes_init_from=True,
     train="agents.supervised:train_supervised", load="agents.supervised:SupervisedPolicy.load",
     train_cli="agents.supervised:train_from_args",
     description="control: vA3C's network and Warmup loss for the whole budget, no value or policy stage"))
 register_agent(AgentSpec(
-    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo", takes_precision=True, takes_init_from=True,
+    name="voxel-ppo", label="voxel-PPO", kind="voxel-ppo", in_benchmark=True, takes_precision=True,
+    takes_init_from=True,
     train="agents.voxel_ppo:train", load="agents.voxel_ppo:load", train_cli="agents.voxel_ppo:train_from_args",
     description="single-file PPO on per-voxel advantages from reward_map (agents/voxel_ppo.py)"))
 register_agent(AgentSpec(

@@ -55,18 +55,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i is the env reset with seed SEED + i")
     p.add_argument("--out", default="runs/benchmark", help="output folder")
     p.add_argument("--quick", action="store_true",
-                   help=f"preset that takes {QUICK_RUN_TIME}, training included: the default agents, "
-                        f"{QUICK['episodes']} episodes at {QUICK['patch_size']}^3, training budgets "
+                   help=f"preset that takes {QUICK_RUN_TIME}, training included: the default agents from "
+                        f"scratch and their warm-start rows (--track {QUICK['track']}), {QUICK['episodes']} episodes "
+                        f"at {QUICK['patch_size']}^3, training budgets "
                         f"{','.join(f'{k}={v:g}' for k, v in QUICK['train_minutes'].items())} {QUICK['clock']}-minutes "
-                        "(the others' when named in --agents) "
-                        f"(vA3C on {QUICK['train_config']['va3c']['num_envs']} envs per update), trained "
-                        f"{QUICK['train_jobs']} at once; "
-                        f"explicit options override it")
-    p.add_argument("--track", choices=("scratch", "warm-start", "both"), default="scratch",
-                   help="scratch: learned agents train from their own init; warm-start: train supervised once "
-                        "(or --checkpoint supervised=PATH), score it alone as 'supervised (checkpoint)' and "
-                        "fine-tune every other learned agent from it for the same budget; both: the two in one "
-                        "leaderboard")
+                        f"(the others' when named in --agents), warm-start fine-tuning {QUICK['warm_minutes']:g} "
+                        f"(vA3C and supervised on {QUICK['train_config']['va3c']['num_envs']} envs per update), "
+                        f"trained {QUICK['train_jobs']} at once; explicit options override it")
+    p.add_argument("--track", choices=("scratch", "warm-start", "both"), default=argparse.SUPPRESS,
+                   help="scratch (default; --quick: both): learned agents train from their own init; warm-start: "
+                        "train supervised once (or --checkpoint supervised=PATH), score it alone as "
+                        "'supervised (checkpoint)' and fine-tune every other learned agent from it for "
+                        "--warm-minutes; both: the two in one leaderboard")
+    p.add_argument("--warm-minutes", type=minutes, default=argparse.SUPPRESS, metavar="M | NAME=M,...",
+                   help="fine-tuning budget of each warm-start row, in minutes of --clock (default: its "
+                        f"--train-minutes; --quick {QUICK['warm_minutes']:g})")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
     p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
                    help="number of cases drawn as slice overlays (default: 3)")
@@ -94,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     minutes = getattr(args, "train_minutes", None)
     clock = getattr(args, "clock", None)
     jobs = getattr(args, "train_jobs", None)
+    track, warm_minutes = getattr(args, "track", None), getattr(args, "warm_minutes", None)
     if args.quick:
+        track = track if track is not None else B.QUICK["track"]
+        warm_minutes = warm_minutes if warm_minutes is not None else B.QUICK["warm_minutes"]
         clock = clock if clock is not None else B.QUICK["clock"]
         agents = agents if agents is not None else ",".join(B.DEFAULT_AGENTS)
         episodes = episodes if episodes is not None else B.QUICK["episodes"]
@@ -126,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
                    progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
                    train_config=train_config, train_jobs=jobs, precision=args.precision, seeds=args.seeds,
-                   stats_reps=args.bootstrap_reps, track=args.track)
+                   stats_reps=args.bootstrap_reps, track=track or "scratch", warm_minutes=warm_minutes)
     print(result["leaderboard_md"].read_text())
     print(result["stats_md"].read_text())
     print(f"benchmark written to {result['out']}")

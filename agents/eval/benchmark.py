@@ -76,20 +76,24 @@ def builtin_agents() -> tuple[str, ...]:
 
 
 TRAIN_SEED_OFFSET = 100_000
-#: How long ``--quick`` takes, as measured (11 min 22 s and 11 min 9 s wall on an idle 2-core
-#: x86_64 machine, README "Baselines and leaderboard"); ``--quick --help`` and README say this.
-QUICK_RUN_TIME = "about 11 min on 2 idle CPU cores"
-#: ``--quick``: all agents, training included, in ``QUICK_RUN_TIME``.
-#: Its budgets are CPU-minutes (2 busy cores spend 2 per minute), so that a machine shared with
-#: other programs trains the same agents, only more slowly. Every learned agent gets the same
-#: budget; vA3C updates on 2 environments at a time here (default 8): at a few CPU-minutes more,
-#: noisier updates beat fewer, cleaner ones (7 CPU-min, 32 episodes: 8 envs 0.649, 4 envs
-#: 0.775, 2 envs 0.803 Dice).
-#: The controls and voxel-PPO have the same budget when named (``--quick --agents ...,supervised``);
-#: they are not default rows yet: three more 7 CPU-min learners would double the run time.
-QUICK = dict(episodes=32, patch_size=32, clock="cpu", overlays=3, train_jobs=3,
-             train_minutes={"va3c": 7.0, "ppo": 7.0, "a2c": 7.0, "supervised": 7.0, "voxel-ppo": 7.0},
-             train_config={"va3c": {"num_envs": 2}, "supervised": {"num_envs": 2}})
+#: How long ``--quick`` takes, as measured on an idle 2-core machine (README "Baselines and
+#: leaderboard"); ``--quick --help`` and README say this.
+QUICK_RUN_TIME = "about 13 min on 2 idle CPU cores"
+#: ``--quick``: every default agent from scratch and the warm-start rows (track "both"), training
+#: included, in ``QUICK_RUN_TIME``. Budgets are CPU-minutes (2 busy cores spend 2 per minute), so
+#: that a machine shared with other programs trains the same agents, only more slowly. Every
+#: learned agent gets the same budget from scratch (3 CPU-min; the supervised run is also the
+#: warm-start checkpoint), and every warm-start row the same fine-tuning budget (1.5 CPU-min).
+#: Nine learners in ~13 min leave 3 CPU-min each; at 7 CPU-min (the preset before the
+#: warm-start rows) vA3C reached 0.80-0.83 Dice. vA3C and its supervised control update on 4
+#: environments at a time (default 8): at a few CPU-minutes more, noisier updates beat fewer,
+#: cleaner ones (fp32, 7 CPU-min: 8 envs 0.649, 4 envs 0.775, 2 envs 0.803 Dice), and bf16 moves the
+#: best from 2 to 4 (bf16, 7 CPU-min, train seed 100000: 2 envs 0.799, 4 envs 0.830; seed 100001:
+#: 4 envs 0.818). Five training processes at once keep both cores busy in both phases.
+QUICK = dict(episodes=32, patch_size=32, clock="cpu", overlays=3, train_jobs=5, track="both",
+             train_minutes={"va3c": 3.0, "ppo": 3.0, "a2c": 3.0, "supervised": 3.0, "voxel-ppo": 3.0},
+             warm_minutes=1.5,
+             train_config={"va3c": {"num_envs": 4}, "supervised": {"num_envs": 4}})
 #: what a training budget measures: "wall" (elapsed minutes) or "cpu" (CPU-minutes of the process)
 CLOCKS = ("wall", "cpu")
 
@@ -216,7 +220,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         checkpoints: dict | None = None, batch_size: int = 8, overlays: int = 3, progress: bool = True,
         workers: int = 0, train_config: dict | None = None, clock: str = "wall", train_jobs: int = 1,
         precision: str | None = None, seeds: int = 1, stats_reps: int = ST.DEFAULT_REPS,
-        track: str = "scratch") -> dict:
+        track: str = "scratch", warm_minutes: float | dict | None = None) -> dict:
     """Benchmark built-in agents (``agents``) and policy objects (``policies``) on the same
     seeded episodes; write the files listed in the module doc into ``out``.
 
@@ -246,6 +250,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         track: "scratch" (default), "warm-start" or "both" (``agents.eval.warm_start``): the
             learned agents fine-tune from one ``supervised`` checkpoint, scored alone as the control.
             The warm-start rows are one training run each (``seeds`` > 1 is refused with them).
+        warm_minutes: the warm-start rows' fine-tuning budgets (one number or {name: minutes});
+            default ``train_minutes``.
 
     Returns {"leaderboard": rows, "per_case_csv", "leaderboard_csv", "leaderboard_md",
     "metrics_png", "dice_steps_png", "overlays": [paths], "stats": rows, "stats_csv", "stats_md",
@@ -281,7 +287,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     if train_jobs > 1 and clock != "cpu":
         raise ValueError("training agents in parallel (train_jobs > 1) needs CPU-time budgets (clock='cpu'): "
                          "wall-clock budgets would shrink with every process sharing the cores")
-    warm = W.plan(agents, track, checkpoints, train_minutes, sys.modules[__name__])  # checked before training
+    # checked before any training
+    warm = W.plan(agents, track, checkpoints, train_minutes, sys.modules[__name__], warm_minutes)
     agents = warm.scratch
     to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)

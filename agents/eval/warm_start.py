@@ -61,10 +61,14 @@ class WarmStartPlan:
     budgets: dict = field(default_factory=dict)  # minutes of the warm agents (and of SOURCE when trained here)
 
 
-def plan(agents, track: str, checkpoints: dict, train_minutes, bench: ModuleType) -> WarmStartPlan:
+def plan(agents, track: str, checkpoints: dict, train_minutes, bench: ModuleType,
+         warm_minutes=None) -> WarmStartPlan:
     """Split ``agents`` into from-scratch rows and fine-tuned ones for ``track``; ValueError (one
     line) for a track that cannot run: an unknown track, an agent that cannot warm-start, a
-    missing budget, or (warm-start track) a ``--checkpoint`` of another agent than ``supervised``."""
+    missing budget, or (warm-start track) a ``--checkpoint`` of another agent than ``supervised``.
+
+    ``warm_minutes`` (one number or {agent: minutes}): the fine-tuning budgets; default the
+    agents' ``train_minutes``. The checkpoint, when trained here, gets ``train_minutes``."""
     if track not in TRACKS:
         raise ValueError(f"track must be one of {', '.join(TRACKS)}, got {track!r}")
     agents = list(agents)
@@ -90,7 +94,9 @@ def plan(agents, track: str, checkpoints: dict, train_minutes, bench: ModuleType
         source = "scratch row"
     else:
         source = "train"
-    budgets = bench._budgets(train_minutes, warm + ([SOURCE] if source == "train" else []))
+    budgets = bench._budgets(train_minutes if warm_minutes is None else warm_minutes, warm)
+    if source == "train":
+        budgets.update(bench._budgets(train_minutes, [SOURCE]))
     return WarmStartPlan(track, scratch, warm, source, checkpoints.get(SOURCE), budgets)
 
 

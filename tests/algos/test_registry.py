@@ -100,4 +100,4 @@ def test_registry_refuses_duplicates_and_unknown_names(toy_agent):
 
 def test_built_in_agents_are_registered():
     assert {"va3c", "ppo", "a2c", "rllib-ppo"} <= set(registry.agent_names())
-    assert registry.agent_names(benchmark=True) == ("va3c", "ppo", "a2c")
+    assert registry.agent_names(benchmark=True) == ("va3c", "supervised", "voxel-ppo", "ppo", "a2c")

@@ -33,7 +33,8 @@ def minutes(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from agents.eval.benchmark import DEFAULT_AGENTS, QUICK, QUICK_RUN_TIME, TRAIN_SEED_OFFSET, builtin_agents
+    from agents.eval.benchmark import (DEFAULT_AGENTS, FULL, FULL_RUN_TIME, QUICK, QUICK_RUN_TIME, TRAIN_SEED_OFFSET,
+                                       builtin_agents)
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(builtin_agents())} "
@@ -62,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(the others' when named in --agents), warm-start fine-tuning {QUICK['warm_minutes']:g} "
                         f"(vA3C and supervised on {QUICK['train_config']['va3c']['num_envs']} envs per update), "
                         f"trained {QUICK['train_jobs']} at once; explicit options override it")
+    p.add_argument("--preset", choices=("quick", "full"), default=argparse.SUPPRESS,
+                   help=f"quick: as --quick; full: {FULL['seeds']} training seeds each of "
+                        f"{', '.join(a for a in FULL['agents'] if a in FULL['train_minutes'])} from scratch at the "
+                        f"quick budgets, {FULL['episodes']} episodes, rliable statistics in stats.md and "
+                        f"performance_profile.png; takes {FULL_RUN_TIME}; explicit options override it")
     p.add_argument("--track", choices=("scratch", "warm-start", "both"), default=argparse.SUPPRESS,
                    help="scratch (default; --quick: both): learned agents train from their own init; warm-start: "
                         "train supervised once (or --checkpoint supervised=PATH), score it alone as "
@@ -77,12 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-jobs", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="learned agents trained at once, one process each (needs --clock cpu; default 1, "
                         f"--quick {QUICK['train_jobs']})")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
+    p.add_argument("--seeds", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="train every learned agent (those without --checkpoint) N times, on training seeds "
                         f"SEED+{TRAIN_SEED_OFFSET}+k, k=0..N-1 (k=0 is the single-seed run); each run is scored on "
-                        "the same episodes, and stats.md gives the IQM and P(improvement) over runs x episodes")
-    p.add_argument("--bootstrap-reps", type=int, default=2000, metavar="R",
-                   help="bootstrap resamples of the rliable statistics in stats.md (default: 2000)")
+                        "the same episodes, and stats.md gives the IQM and P(improvement) over runs x episodes "
+                        f"(default: 1; --preset full: {FULL['seeds']})")
+    p.add_argument("--bootstrap-reps", type=int, default=argparse.SUPPRESS, metavar="R",
+                   help="bootstrap resamples of the rliable statistics in stats.md (default: 2000; "
+                        f"--preset full: {FULL['bootstrap_reps']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_precision_argument(p)
     add_env_arguments(p)
@@ -98,18 +106,27 @@ def run(args: argparse.Namespace) -> int:
     clock = getattr(args, "clock", None)
     jobs = getattr(args, "train_jobs", None)
     track, warm_minutes = getattr(args, "track", None), getattr(args, "warm_minutes", None)
-    if args.quick:
-        track = track if track is not None else B.QUICK["track"]
-        warm_minutes = warm_minutes if warm_minutes is not None else B.QUICK["warm_minutes"]
-        clock = clock if clock is not None else B.QUICK["clock"]
-        agents = agents if agents is not None else ",".join(B.DEFAULT_AGENTS)
-        episodes = episodes if episodes is not None else B.QUICK["episodes"]
-        overlays = overlays if overlays is not None else B.QUICK["overlays"]
-        minutes = minutes if minutes is not None else dict(B.QUICK["train_minutes"])
-        train_config = dict(B.QUICK["train_config"])
-        jobs = jobs if jobs is not None else (B.QUICK["train_jobs"] if clock == "cpu" else 1)
-    else:
-        train_config = None
+    seeds, reps = getattr(args, "seeds", None), getattr(args, "bootstrap_reps", None)
+    preset = getattr(args, "preset", None)
+    if args.quick and preset not in (None, "quick"):
+        raise ValueError(f"--quick is --preset quick; it cannot be combined with --preset {preset}")
+    preset = "quick" if args.quick else preset
+    train_config = None
+    if preset is not None:  # the preset fills in what was not given
+        P = B.PRESETS[preset]
+        track = track if track is not None else P["track"]
+        warm_minutes = warm_minutes if warm_minutes is not None else P.get("warm_minutes")
+        clock = clock if clock is not None else P["clock"]
+        agents = agents if agents is not None else ",".join(P.get("agents", B.DEFAULT_AGENTS))
+        episodes = episodes if episodes is not None else P["episodes"]
+        overlays = overlays if overlays is not None else P["overlays"]
+        minutes = minutes if minutes is not None else dict(P["train_minutes"])
+        train_config = dict(P["train_config"])
+        jobs = jobs if jobs is not None else (P["train_jobs"] if clock == "cpu" else 1)
+        seeds = seeds if seeds is not None else P.get("seeds", 1)
+        reps = reps if reps is not None else P.get("bootstrap_reps")
+    seeds = 1 if seeds is None else seeds
+    reps = 2000 if reps is None else reps
     jobs = 1 if jobs is None else jobs
     if agents is None:
         agents = ",".join(B.DEFAULT_AGENTS) if not args.custom else ""
@@ -121,18 +138,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.bootstrap_reps < 1:
-        raise ValueError(f"--bootstrap-reps must be >= 1, got {args.bootstrap_reps}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if reps < 1:
+        raise ValueError(f"--bootstrap-reps must be >= 1, got {reps}")
     kw = env_kwargs(args)
     checkpoints = B.parse_name_values(args.checkpoint, "--checkpoint")
     custom = [B.load_custom(spec) for spec in args.custom]
     result = B.run(custom, agents=agents, env_kwargs=kw, episodes=episodes, seed=args.seed, out=args.out,
                    train_minutes=minutes, checkpoints=checkpoints, batch_size=args.batch_size, overlays=overlays,
                    progress=not args.no_progress, workers=args.workers, clock=clock or "wall",
-                   train_config=train_config, train_jobs=jobs, precision=args.precision, seeds=args.seeds,
-                   stats_reps=args.bootstrap_reps, track=track or "scratch", warm_minutes=warm_minutes)
+                   train_config=train_config, train_jobs=jobs, precision=args.precision, seeds=seeds,
+                   stats_reps=reps, track=track or "scratch", warm_minutes=warm_minutes)
     print(result["leaderboard_md"].read_text())
     print(result["stats_md"].read_text())
     print(f"benchmark written to {result['out']}")

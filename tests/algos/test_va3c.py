@@ -105,18 +105,19 @@ def _mean_dice(policy, episodes=8, seed=50_000):
 def test_short_training_beats_untrained_policy():
     # keep_bias=0: the untrained policy acts (nearly) uniformly at random, as in PixelRL.
     # precision fp32: the numbers below were measured in fp32 (bf16 at equal updates: Dice within the
-    # seed-to-seed spread, benchmarks/learner_speed.py; at 12 updates that spread is +-0.04).
+    # seed-to-seed spread, benchmarks/learner_speed.py).
     cfg = dict(width=8, depth=2, num_envs=4, keep_bias=0.0, lr=3e-3, warmup_frac=0.8, value_frac=0.1,
                precision="fp32")
     untrained = VA3CPolicy.untrained(ENV16, seed=0, **cfg)
-    trained = train_va3c(ENV16, updates=12, seed=0, progress=False, **cfg)
+    trained = train_va3c(ENV16, updates=20, seed=0, progress=False, **cfg)
     d_untrained, d_ann = _mean_dice(untrained)
     d_trained, _ = _mean_dice(trained)
-    # measured (2 CPU threads): untrained 0.208, annotation 0.456, trained 0.491 after 12 updates.
-    # Stated margins: +0.15 over the untrained policy, and the trained policy already improves
-    # on the noisy annotation it starts from (+0.02).
+    # measured (2 CPU threads): untrained 0.208, annotation 0.456; trained after 20 updates 0.630
+    # (seed 1: 0.579) on an AMD EPYC. 12 updates were too few to hold on every CPU: 0.491 on an
+    # Intel Xeon, 0.469 on the EPYC (fp32 kernels differ between CPUs), against a +0.02 margin.
+    # Stated margins: +0.15 over the untrained policy, +0.05 over the noisy annotation it starts from.
     assert d_trained >= d_untrained + 0.15, (d_trained, d_untrained, d_ann)
-    assert d_trained >= d_ann + 0.02, (d_trained, d_untrained, d_ann)
+    assert d_trained >= d_ann + 0.05, (d_trained, d_untrained, d_ann)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -95,7 +95,7 @@ QUICK = dict(episodes=32, patch_size=32, clock="cpu", overlays=3, train_jobs=5, 
              warm_minutes=1.5,
              train_config={"va3c": {"num_envs": 4}, "supervised": {"num_envs": 4}})
 #: How long ``--preset full`` takes, as measured (README "Statistics over training seeds").
-FULL_RUN_TIME = "about 40 min on 2 idle CPU cores"
+FULL_RUN_TIME = "about 35 min on 2 CPU cores"
 #: ``--preset full``: the issue-15 statistics -- 5 training seeds of vA3C, its supervised control,
 #: voxel-PPO and SB3 PPO from scratch at the quick preset's budget and settings, scored on the
 #: same 32 episodes, rliable IQM / P(improvement) / performance profile (``stats.md``). A2C is left

@@ -389,7 +389,10 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     rows = leaderboard_from_per_case(per_case)
     notes = _notes(env_kwargs, episodes, seed, training)
     lb_csv, lb_md = write_leaderboard(rows, out, title=f"Leaderboard ({episodes} episodes, seed {seed})", notes=notes)
-    stats = ST.write_stats(per_case, out, S.control_names(agents, agent_names), reps=stats_reps,
+    controls = S.control_names(agents, agent_names)
+    # a warm-start row is compared with the checkpoint it was fine-tuned from, not with its agent's control
+    controls.update({label: warm_meta["control"] for label in warm_meta.get("fine_tuned", {}).values()})
+    stats = ST.write_stats(per_case, out, controls, reps=stats_reps,
                            title=f"Statistics over training runs ({episodes} episodes, seed {seed})")
     metrics_png = plot_metrics(rows, out / "metrics.png")
     steps_png = plot_dice_steps(E.read_curves_csv(curves_csv), out / "dice_steps.png")

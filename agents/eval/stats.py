@@ -236,7 +236,8 @@ def stats_markdown(rows: Sequence[dict], *, title: str = "Statistics over traini
               "run of the policy scores above a run of its control on the same episode (ties count half), averaged "
               "over episodes; 0.5 = no difference. Its CI resamples runs only: n/a when both have one run. "
               "Controls (`AgentSpec.control`, agents/registry.py): vA3C against `supervised` (its own network "
-              "trained with the Warmup loss only), every other policy against identity (the annotation unchanged)."]
+              "trained with the Warmup loss only), a warm-start row against the checkpoint it was fine-tuned from, "
+              "every other policy against identity (the annotation unchanged)."]
     lines += list(notes)
     return "\n".join(lines) + "\n"
 

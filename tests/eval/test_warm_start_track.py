@@ -32,6 +32,12 @@ def test_warm_start_track_scores_the_checkpoint_and_the_fine_tuned_agents(tmp_pa
         assert Path(cfg["init_from"]["path"]) == ck.resolve()
     assert not (tmp_path / "runs" / "va3c").exists()  # nothing trained from scratch
     assert "fine-tuned from" in res["leaderboard_md"].read_text()
+    # P(improvement) of a fine-tuned row is over the checkpoint it started from
+    import csv
+
+    controls = {r["policy"]: r["control"] for r in csv.DictReader(open(tmp_path / "stats.csv"))}
+    assert controls["vA3C (warm start)"] == controls["voxel-PPO (warm start)"] == "supervised (checkpoint)"
+    assert controls["supervised (checkpoint)"] == "identity"
 
 
 def test_both_tracks_share_the_given_checkpoint(tmp_path):

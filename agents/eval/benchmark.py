@@ -203,6 +203,27 @@ def _train_job(name: str, env_kwargs: dict, minutes: float, seed: int, run_dir: 
     return str(saved), (time.perf_counter() - t0) / 60
 
 
+def train_runs(runs: Sequence[S.TrainRun], env_kwargs: dict, budgets: dict, *, jobs: int = 1, progress: bool = True,
+               workers: int = 0, train_config: dict | None = None, clock: str = "wall",
+               device="cpu") -> dict[S.TrainRun, tuple]:
+    """Train ``runs`` (``agents.eval.seeds.plan_runs``) -> {run: (policy, wall minutes)}: one after
+    another here, or in ``jobs`` spawned processes (``agents.eval.seeds.train_runs``). ``budgets``:
+    {agent: minutes of ``clock``}; ``train_config``: {agent: trainer options}."""
+    cfg = train_config or {}
+    return S.train_runs(
+        runs, jobs=jobs, progress=progress,
+        train=lambda r: train_learned(r.agent, env_kwargs, budgets[r.agent], r.seed, r.folder, progress,
+                                      workers=workers, config=cfg.get(r.agent), clock=clock),
+        job=_train_job, job_args=_job_args(env_kwargs, budgets, workers, cfg, clock),
+        load=lambda r, path: load_learned(r.agent, path, device=device))
+
+
+def _job_args(env_kwargs: dict, budgets: dict, workers: int, train_config: dict, clock: str):
+    """run -> the arguments of ``_train_job`` for it (without the thread count)."""
+    return lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder), workers,
+                      train_config.get(r.agent), clock)
+
+
 def train_in_parallel(names: Sequence[str], env_kwargs: dict, budgets: dict, seed: int, out: Path, jobs: int,
                       workers: int = 0, train_config: dict | None = None, clock: str = "cpu",
                       progress: bool = True) -> dict[str, tuple[str, float]]:
@@ -214,8 +235,7 @@ def train_in_parallel(names: Sequence[str], env_kwargs: dict, budgets: dict, see
     component count per step) finish together instead of one after another.
     """
     runs = S.plan_runs(names, seed, 1, out)
-    done = S.train_in_pool(runs, _train_job, lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder),
-                                                        workers, (train_config or {}).get(r.agent), clock),
+    done = S.train_in_pool(runs, _train_job, _job_args(env_kwargs, budgets, workers, train_config or {}, clock),
                            lambda r, path: path, jobs=jobs, progress=progress)
     return {r.agent: done[r] for r in runs}
 
@@ -322,15 +342,9 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         raise ValueError("the benchmark scores against the truth: it needs phantoms or a folder with --labels clean")
 
     # ---- build the policy list (train first: evaluation then runs back to back)
-    train_config = train_config or {}
     runs = S.plan_runs(to_train, seed + TRAIN_SEED_OFFSET, seeds, out)
-    trained = S.train_runs(
-        runs, jobs=train_jobs, progress=progress,
-        train=lambda r: train_learned(r.agent, env_kwargs, budgets[r.agent], r.seed, r.folder, progress,
-                                      workers=workers, config=train_config.get(r.agent), clock=clock),
-        job=_train_job, job_args=lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder), workers,
-                                            train_config.get(r.agent), clock),
-        load=lambda r, path: load_learned(r.agent, path, device=env.device))
+    trained = train_runs(runs, env_kwargs, budgets, jobs=train_jobs, progress=progress, workers=workers,
+                         train_config=train_config, clock=clock, device=env.device)
     parallel = train_jobs > 1 and len(runs) > 1
     built, training, agent_names = [], {}, {}  # built: (policy, its training run)
     for a in agents:

@@ -35,6 +35,7 @@ from types import ModuleType
 
 from agents import registry
 from agents.common.checkpoint import load_checkpoint, resolve_checkpoint
+from agents.eval.seeds import plan_runs, training_record
 
 __all__ = ["TRACKS", "SOURCE", "CONTROL_LABEL", "WarmStartPlan", "plan", "warm_label", "run_track"]
 
@@ -147,24 +148,14 @@ def run_track(p: WarmStartPlan, *, bench: ModuleType, env_kwargs: dict, seed: in
     if ck.is_dir():
         ck = ck / src_file
     configs = {a: {**_config(a, train_config, precision), "init_from": str(ck)} for a in p.warm}
-    jobs = min(train_jobs, len(p.warm))
-    if jobs > 1:
-        trained = bench.train_in_parallel(p.warm, env_kwargs, p.budgets, seed, out / FOLDER, jobs, workers=workers,
-                                          train_config=configs, clock=clock, progress=progress)
-    for a in p.warm:
-        run_dir = out / FOLDER / "runs" / a
-        entry = {"minutes_budget": p.budgets[a], "clock": clock, "run": str(run_dir), "init_from": str(ck)}
-        if jobs > 1:
-            path, used = trained[a]
-            pol = bench.load_learned(a, path, device=device)
-            entry.update(minutes_used=round(used, 2), trained_alongside=len(trained) - 1)
-        else:
-            t0 = time.perf_counter()
-            pol = bench.train_learned(a, env_kwargs, p.budgets[a], seed, run_dir, progress, workers=workers,
-                                      config=configs[a], clock=clock)
-            entry["minutes_used"] = round((time.perf_counter() - t0) / 60, 2)
-        policies.append(_rename(pol, warm_label(a)))
-        training[warm_label(a)] = entry
+    runs = plan_runs(p.warm, seed, 1, out / FOLDER)
+    trained = bench.train_runs(runs, env_kwargs, p.budgets, jobs=train_jobs, progress=progress, workers=workers,
+                               train_config=configs, clock=clock, device=device)
+    alongside = len(runs) - 1 if train_jobs > 1 and len(runs) > 1 else 0
+    for r in runs:
+        policies.append(_rename(trained[r][0], warm_label(r.agent)))
+        training[warm_label(r.agent)] = {**training_record([r], trained, p.budgets[r.agent], clock, alongside),
+                                         "init_from": str(ck)}
     meta = {"checkpoint": str(ck), "checkpoint_source": p.source, "control": control,
             "fine_tuned": {a: warm_label(a) for a in p.warm}}
     return policies, training, meta

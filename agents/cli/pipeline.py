@@ -32,6 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="svl-drl stages to run, of: warmup transition full (default all three; "
                         "'transition full' is the no-Warmup ablation)")
     p.add_argument("--rounds", type=int, default=None, help="label-refinement rounds in Full RL (default 3)")
+    p.add_argument("--accept", choices=("consensus", "zscore", "all"), default=None,
+                   help="svl-drl: which of the label agents' edits become training labels after a round: "
+                        "consensus (default; an edit stands where the segmentation decoder agrees with it, "
+                        "no clean cases needed), zscore (a case's edit must stand out from the other cases'; "
+                        "assumes most cases are clean) or all")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
                         "(keep / enhance / weaken; default 4; 0 = off)")
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         config["patch"] = args.patch
     if args.window is not None:
         config["window"] = args.window
+    if args.accept is not None:
+        config["accept"] = args.accept
     if args.intensity_every is not None:
         config["intensity_every"] = args.intensity_every
     if args.agents_train_encoder:

@@ -49,7 +49,12 @@ DEFAULT_TRAIN: dict = {
     # encoder. Off: the encoder learns from the segmentation loss (and the intensity agents);
     # on phantoms at 4 CPU-min, routing the label agents' RL gradients into it cost 0.027 test
     # Dice (0.750 vs 0.777 over seeds 0-3, 64 test cases; README "Staged pipeline").
-    "accept_z": 1.0, "agent_encoder_grad": False,
+    "agent_encoder_grad": False,
+    # acceptance of the agents' proposals after each round (label_refinement.accept_proposals):
+    # "consensus" (an edit stands where the segmentation decoder agrees; needs no clean cases),
+    # "zscore" (a case's edit must stand out from the other cases'; the previous default, which
+    # assumes that most cases are clean) or "all"; accept_z: the zscore rule's threshold
+    "accept": "consensus", "accept_z": 1.0,
     "refine_from": "given", "agent_target": "given",
     "reward_weights": None,
     # intensity agents (svl-drl; the paper's action set): every n-th Full-RL update; 0 = off
@@ -80,6 +85,10 @@ def make_train_config(**overrides) -> dict:
             raise ValueError(f"{k} must be in [0, 1], got {cfg[k]!r}")
     if cfg["warmup_frac"] + cfg["transition_frac"] >= 1.0:
         raise ValueError("warmup_frac + transition_frac must be < 1 (Full RL takes the rest)")
+    from agents.staged.label_refinement import ACCEPT_RULES
+
+    if cfg["accept"] not in ACCEPT_RULES:
+        raise ValueError(f"accept must be one of {', '.join(ACCEPT_RULES)}, got {cfg['accept']!r}")
     for k in ("refine_from", "agent_target"):
         if cfg[k] not in ("given", "current"):
             raise ValueError(f"{k} must be 'given' or 'current', got {cfg[k]!r}")

@@ -18,19 +18,21 @@ all-action term and the outcome Dice term (``outcome_loss``). No clean label is 
 what the user gave us. (The segmentation loss of the same patches uses the *current* training
 labels: ``TrainingSet.crop_like_given``.)
 
-Why this can refine the given labels (the "dynamic iterative update"): the agents learn, across
-all cases, to move a corrupted label back towards G using the image and the model's consensus
-(``seg_prob`` and the patch-level ``consensus_gap`` state channels). Because G itself is clean
-on some cases, dilated on others and eroded on others, only the edits that are rewarded *on
-average* survive -- a Noise2Noise-style argument for labels. Per voxel those edits are weak and
-biased towards the model's own (imperfect) prediction, so at the end of each round
-(``refine_labels``) the agents act on every given annotation and a case's edits are accepted
-only when they stand out: its net edit is an outlier among all cases (robust z-score) *and*
-points the way the segmentation consensus disagrees with that annotation. MT-Noise is a per-case
-error, so a per-case decision is the natural unit of confidence. Measured on the phantom
-benchmark: without this gate the agents' edits damaged the clean half of the annotations
-(Dice 1.00 -> 0.86-0.92); with it, clean annotations stay untouched and corrupted ones improve
-(0.80 -> 0.81-0.83).
+Why this can refine the given labels (the "dynamic iterative update"; noisier-to-noisy): the
+agents learn to restore the given label G from a *noisier* version of it -- G corrupted once
+more by the project's own noise protocol -- using the image and the model's consensus
+(``seg_prob`` and the patch-level ``consensus_gap`` state channels). Applied to G itself, an
+edit that undoes one application of the noise moves G towards the truth, as long as the noise
+does not favour one direction (MT-Noise dilates or erodes with p = 0.5): the Noisier2Noise
+argument (Moran et al. 2020) carried over to labels. No case needs to be clean. Per voxel those
+edits are weak, so at the end of each round (``refine_labels``) the agents propose edits of
+every given annotation (``propose_labels``) and ``accept_proposals`` keeps an edit only where
+the segmentation decoder, trained on every case, agrees with it (``accept="consensus"``, the
+default). The previous rule (``accept="zscore"``) accepted a case's edits when its net edit
+stood out from the other cases' -- which assumes that most cases are clean: with every case
+noisy it accepted 0-2 of 12 (the real-anatomy check of issue 16). On the phantom benchmark
+with half the cases clean it kept the clean annotations untouched (without any gate the
+agents' edits took them from Dice 1.00 to 0.86-0.92).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from agents.staged.losses import actor_critic_losses
 from agents.staged.model import StagedNet, state_channels
 from agents.common.windows import sliding_window
 
-__all__ = ["LabelAgentEpisodes", "refine_labels", "refine_volume", "gumbel_sample", "outcome_loss"]
+__all__ = ["LabelAgentEpisodes", "refine_labels", "propose_labels", "accept_proposals", "ACCEPT_RULES",
+           "refine_volume", "gumbel_sample", "outcome_loss"]
 
 
 class LabelAgentEpisodes:
@@ -211,55 +214,104 @@ def robust_z(values) -> np.ndarray:
     return (v - med) / max(mad, 1e-6)
 
 
-def refine_labels(model: StagedNet, training_set, *, max_steps: int = 3, confidence: float = 0.0, window=64,
-                  start: str = "given", accept_z: float = 2.0, min_cases: int = 6, device="cpu",
-                  progress=None) -> tuple[list[np.ndarray], dict]:
-    """One round of the dynamic iterative update: the label agents act on every training label.
+#: acceptance rules of a refinement round (``accept_proposals``; ``make_train_config``'s ``accept``)
+ACCEPT_RULES = ("consensus", "zscore", "all")
+#: fewer cases than this: the ``zscore`` rule has no robust statistic and accepts every proposal
+ZSCORE_MIN_CASES = 6
+
+
+def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confidence: float = 0.0, window=64,
+                   start: str = "given", device="cpu",
+                   progress=None) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The label agents' proposals for every training case, and what they are judged against.
 
     ``start``: ``"given"`` (the annotation as the user gave it: each round refines the annotation
     afresh with the round's agents, so edits never compound into a drift towards the model's own
-    predictions) or ``"current"``. ``refine_volume`` proposes the agents' edits for each case.
-
-    Acceptance, per case (the noise is per case: MT-Noise dilates or erodes a whole annotation):
-    the net edit ``(|proposal| - |label|) / |boundary band|`` (voxels added minus removed per
-    boundary voxel) of each case is compared with the other cases' by a robust z-score (median,
-    MAD); a case's proposal is accepted when ``|z| >= accept_z`` -- the agents want to move this
-    annotation clearly more than the typical one -- and otherwise the label is kept. The typical
-    case is thus taken as correctly annotated: this assumes fewer than half of the annotations
-    are off in the same direction (the paper's noise ratio is 50 % over both directions). With
-    fewer than ``min_cases`` cases no robust statistic exists and every proposal is accepted.
-    ``accept_z = 0`` accepts every proposal.
-
-    Returns (new labels, info: per-case ``net_edit``, ``z``, ``accepted``)."""
-    from svl_env.dynamics import neighbourhood_mean
-
-    from agents.staged.model import consensus_gap
+    predictions) or ``"current"``. Returns (labels the agents started from, proposals
+    (``refine_volume``), the segmentation decoder's foreground probabilities), each a list of
+    (D, H, W) arrays (bool, bool, float32)."""
     from agents.staged.segment import predict_probability
 
     labels = training_set.given if start == "given" else training_set.current
-    proposals, net, gaps = [], [], []
+    proposals, probs = [], []
     for img, lab in zip(training_set.images, labels):
-        prop = refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
-                             device=device)
-        proposals.append(prop)
-        net.append((int(prop.sum()) - int(lab.sum())) / max(_band_size(lab), 1))
-        prob = torch.as_tensor(predict_probability(model, img, window=window, device=device))[None]
-        m = torch.as_tensor(lab, dtype=torch.float32)[None]
-        gaps.append(float(consensus_gap(m, neighbourhood_mean(m), prob)))
+        proposals.append(refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
+                                       device=device))
+        probs.append(predict_probability(model, img, window=window, device=device))
         if progress is not None:
             progress.update(1)
+    return list(labels), proposals, probs
+
+
+def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], probs: list[np.ndarray],
+                     cfg: dict) -> tuple[list[np.ndarray], dict]:
+    """Which of the proposed edits of a refinement round become training labels.
+
+    labels, proposals: (D, H, W) bool per case (the labels the proposer started from, its
+    proposal); probs: the segmentation decoder's foreground probability per case, (D, H, W) in
+    [0, 1]. ``cfg["accept"]`` picks the rule (``ACCEPT_RULES``):
+
+    - ``"consensus"`` (default): an edited voxel is kept where the proposal agrees with the
+      segmentation decoder (probability > 0.5 for a voxel the proposal adds, <= 0.5 for one it
+      removes); every other voxel keeps its label. Two estimators trained on different signals
+      -- the agents on the reward against the (re-corrupted) given labels, the decoder on the
+      labels of every case -- must agree before a label changes. Nothing is compared across
+      cases, so it works when every case is noisy: no clean peers are assumed.
+    - ``"zscore"``: the previous default, per case: the net edit ``(|proposal| - |label|) /
+      |boundary band|`` must stand out from the other cases' (robust z-score >= ``accept_z``)
+      and point the way the decoder disagrees with that label (the signed ``consensus_gap``,
+      also a robust z-score >= 1). The typical case is taken as correctly annotated, so this
+      assumes that fewer than half of the annotations are off in the same direction (the
+      paper's noise ratio 0.5); with every case noisy it accepts (almost) nothing. Fewer than
+      ``ZSCORE_MIN_CASES`` cases, or ``accept_z`` 0: every proposal is accepted.
+    - ``"all"``: every proposal as it is.
+
+    Returns (new labels, info): per case ``added`` / ``removed`` (voxels the accepted labels gain
+    / lose, relative to the label's boundary band), ``net_edit`` and ``z`` (the proposal's, for
+    the record), ``accepted`` (indices of the cases whose label changed), ``n_accepted``."""
+    from svl_env.dynamics import neighbourhood_mean
+
+    from agents.staged.model import consensus_gap
+
+    rule = cfg.get("accept", "consensus")
+    if rule not in ACCEPT_RULES:
+        raise ValueError(f"unknown acceptance rule {rule!r}; choose from {', '.join(ACCEPT_RULES)}")
     n = len(proposals)
-    if n < min_cases or accept_z <= 0:
-        z = zg = np.zeros(n)
-        accepted = [True] * n
+    bands = [max(_band_size(lab), 1) for lab in labels]
+    net = [(int(p.sum()) - int(lab.sum())) / b for p, lab, b in zip(proposals, labels, bands)]
+    z = zg = np.zeros(n)
+    gaps = [0.0] * n
+    if rule == "consensus":
+        out = [np.where((p != lab) & (p == (pr > 0.5)), p, lab) for p, lab, pr in zip(proposals, labels, probs)]
+    elif rule == "all" or n < ZSCORE_MIN_CASES or float(cfg["accept_z"]) <= 0:
+        out = list(proposals)
     else:
+        for i, (lab, pr) in enumerate(zip(labels, probs)):
+            m = torch.as_tensor(lab, dtype=torch.float32)[None]
+            gaps[i] = float(consensus_gap(m, neighbourhood_mean(m), torch.as_tensor(pr, dtype=torch.float32)[None]))
         z, zg = robust_z(net), robust_z(gaps)
         # the agents' net edit must stand out AND point the way the segmentation consensus
         # disagrees with this annotation (both signals must agree on the direction)
-        accepted = [bool(abs(a) >= accept_z and np.sign(a) == np.sign(b) and abs(b) >= 1.0)
-                    for a, b in zip(z, zg)]
-    out = [p if a else lab for p, a, lab in zip(proposals, accepted, labels)]
-    info = {"net_edit": [round(float(x), 4) for x in net], "z": [round(float(x), 3) for x in z],
+        ok = [bool(abs(a) >= float(cfg["accept_z"]) and np.sign(a) == np.sign(b) and abs(b) >= 1.0)
+              for a, b in zip(z, zg)]
+        out = [p if a else lab for p, a, lab in zip(proposals, ok, labels)]
+    added = [int((o & ~lab).sum()) / b for o, lab, b in zip(out, labels, bands)]
+    removed = [int((lab & ~o).sum()) / b for o, lab, b in zip(out, labels, bands)]
+    changed = [i for i, (o, lab) in enumerate(zip(out, labels)) if not np.array_equal(o, lab)]
+    info = {"rule": rule, "added": [round(x, 4) for x in added], "removed": [round(x, 4) for x in removed],
+            "net_edit": [round(float(x), 4) for x in net], "z": [round(float(x), 3) for x in z],
             "consensus_gap": [round(float(x), 4) for x in gaps], "z_gap": [round(float(x), 3) for x in zg],
-            "accepted": [i for i, a in enumerate(accepted) if a], "n_accepted": int(sum(accepted))}
+            "accepted": changed, "n_accepted": len(changed)}
     return out, info
+
+
+def refine_labels(model: StagedNet, training_set, *, cfg: dict, device="cpu",
+                  progress=None) -> tuple[list[np.ndarray], dict]:
+    """One round of the dynamic iterative update: the label agents propose edits of every training
+    label (``propose_labels``, options ``agent_steps``, ``refine_confidence``, ``window``,
+    ``refine_from`` of the training config ``cfg``) and ``accept_proposals`` (``accept``,
+    ``accept_z``) decides which become labels. Returns (new labels, acceptance info)."""
+    labels, proposals, probs = propose_labels(model, training_set, max_steps=cfg["agent_steps"],
+                                              confidence=cfg["refine_confidence"], window=cfg["window"],
+                                              start=cfg["refine_from"], device=device, progress=progress)
+    return accept_proposals(labels, proposals, probs, cfg)

@@ -15,9 +15,8 @@ The budget is split by ``progress`` in [0, 1] into the enabled stages (``warmup_
   (``IntensityAgentEpisodes``: the environment's ``intensity`` action set with this network as
   its segmenter; the segmentation loss of that update is taken on the agents' edited volume).
 * **Rounds** (the dynamic iterative update): Full RL is split into ``rounds`` equal parts; at
-  the end of each the label agents act on every *given* annotation (``refine_labels``; a
-  case's edits are accepted only where the agents' net edit stands out from the other cases'
-  and points the way the segmentation consensus disagrees with that annotation) and the
+  the end of each the label agents act on every *given* annotation (``refine_labels``; an
+  edit is accepted where the segmentation decoder agrees with it, ``accept_proposals``) and the
   result becomes the segmentation decoder's training labels for the next round. The agents'
   reward target stays the given annotation (``agent_target``), and each round refines the
   given annotation afresh (``refine_from``): refining refined labels with targets made of
@@ -137,10 +136,7 @@ class StagedRun:
 
     def _refine(self, clock, u: int, rnd: int, last: bool) -> None:
         bar = progress_bar(len(self.ts), f"refine labels (round {rnd})", self.show)
-        new, acc = refine_labels(self.model, self.ts, max_steps=self.cfg["agent_steps"],
-                                 confidence=self.cfg["refine_confidence"], window=self.cfg["window"],
-                                 start=self.cfg["refine_from"], accept_z=self.cfg["accept_z"], device=self.device,
-                                 progress=bar)
+        new, acc = refine_labels(self.model, self.ts, cfg=self.cfg, device=self.device, progress=bar)
         self.round_labels.append(new)
         bar.close()
         with clock.paused():
@@ -149,8 +145,8 @@ class StagedRun:
                     "refined_vs_given_dice": float(np.mean([dice_np(n, g) for n, g in zip(new, self.ts.given)])),
                     "refined_vs_previous_dice": float(np.mean([dice_np(n, c) for n, c in zip(new, self.ts.current)])),
                     "voxels_changed": changed, "cases_accepted": acc["n_accepted"],
-                    "accepted": [self.ts.names[i] for i in acc["accepted"]], "net_edit": acc["net_edit"],
-                    "z": acc["z"]}
+                    "accepted": [self.ts.names[i] for i in acc["accepted"]],
+                    **{k: acc[k] for k in ("rule", "added", "removed", "net_edit", "z")}}
             self.refinements.append(info)
         self.refined = new
         if not last:

@@ -48,7 +48,8 @@ from agents.staged.losses import actor_critic_losses
 from agents.staged.model import StagedNet, state_channels
 from agents.common.windows import sliding_window
 
-__all__ = ["LabelAgentEpisodes", "refine_labels", "refine_volume", "gumbel_sample", "outcome_loss"]
+__all__ = ["LabelAgentEpisodes", "refine_labels", "refine_volume", "accept_proposals", "gumbel_sample",
+           "outcome_loss"]
 
 
 class LabelAgentEpisodes:
@@ -220,7 +221,8 @@ def refine_labels(model: StagedNet, training_set, *, max_steps: int = 3, confide
     afresh with the round's agents, so edits never compound into a drift towards the model's own
     predictions) or ``"current"``. ``refine_volume`` proposes the agents' edits for each case.
 
-    Acceptance, per case (the noise is per case: MT-Noise dilates or erodes a whole annotation):
+    Acceptance (``accept_proposals``), per case (the noise is per case: MT-Noise dilates or erodes a
+    whole annotation):
     the net edit ``(|proposal| - |label|) / |boundary band|`` (voxels added minus removed per
     boundary voxel) of each case is compared with the other cases' by a robust z-score (median,
     MAD); a case's proposal is accepted when ``|z| >= accept_z`` -- the agents want to move this
@@ -231,23 +233,43 @@ def refine_labels(model: StagedNet, training_set, *, max_steps: int = 3, confide
     ``accept_z = 0`` accepts every proposal.
 
     Returns (new labels, info: per-case ``net_edit``, ``z``, ``accepted``)."""
-    from svl_env.dynamics import neighbourhood_mean
-
-    from agents.staged.model import consensus_gap
     from agents.staged.segment import predict_probability
 
     labels = training_set.given if start == "given" else training_set.current
-    proposals, net, gaps = [], [], []
+    proposals, probs = [], []
     for img, lab in zip(training_set.images, labels):
-        prop = refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
-                             device=device)
-        proposals.append(prop)
-        net.append((int(prop.sum()) - int(lab.sum())) / max(_band_size(lab), 1))
-        prob = torch.as_tensor(predict_probability(model, img, window=window, device=device))[None]
-        m = torch.as_tensor(lab, dtype=torch.float32)[None]
-        gaps.append(float(consensus_gap(m, neighbourhood_mean(m), prob)))
+        proposals.append(refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
+                                       device=device))
+        probs.append(predict_probability(model, img, window=window, device=device))
         if progress is not None:
             progress.update(1)
+    return accept_proposals(labels, proposals, probs, {"accept_z": accept_z, "min_cases": min_cases})
+
+
+def accept_proposals(labels, proposals, probs, cfg) -> tuple[list[np.ndarray], dict]:
+    """The acceptance step of a refinement round: which cases take their proposed label.
+
+    ``labels``: the labels the proposals edit, ``proposals``: the candidate labels (both lists of
+    (D, H, W) bool), ``probs``: the segmentation decoder's foreground probability on each case
+    ((D, H, W) float), ``cfg``: ``accept_z`` (and optionally ``min_cases``, default 6). Per case, the
+    net edit ``(|proposal| - |label|) / |boundary band of label|`` and the consensus gap of the
+    label against ``probs`` (``model.consensus_gap``) are each compared with the other cases' by a
+    robust z-score; a proposal is accepted when ``|z(net edit)| >= accept_z``, ``|z(gap)| >= 1``
+    and both point the same way (``refine_labels`` explains the rule). With fewer than
+    ``min_cases`` cases, or ``accept_z = 0``, every proposal is accepted.
+
+    Returns (new labels: the proposal where accepted, else the label; info: per-case
+    ``net_edit``, ``z``, ``consensus_gap``, ``z_gap``, ``accepted`` indices, ``n_accepted``)."""
+    from svl_env.dynamics import neighbourhood_mean
+
+    from agents.staged.model import consensus_gap
+
+    accept_z, min_cases = float(cfg["accept_z"]), int(cfg.get("min_cases", 6))
+    net, gaps = [], []
+    for lab, prop, prob in zip(labels, proposals, probs):
+        net.append((int(prop.sum()) - int(lab.sum())) / max(_band_size(lab), 1))
+        m = torch.as_tensor(lab, dtype=torch.float32)[None]
+        gaps.append(float(consensus_gap(m, neighbourhood_mean(m), torch.as_tensor(prob)[None])))
     n = len(proposals)
     if n < min_cases or accept_z <= 0:
         z = zg = np.zeros(n)

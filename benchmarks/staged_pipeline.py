@@ -384,7 +384,8 @@ def main(argv=None) -> int:
               f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores "
               f"({platform.processor() or platform.machine()}).",
               f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "
-              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}`"]
+              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}"
+              + ("" if tuple(methods) == DEFAULT_METHODS else f" --methods '{','.join(methods)}'") + "`"]
     table = "\n".join(lines)
     print()
     print(table)

@@ -138,7 +138,7 @@ class StagedRun:
         return {"pred_vs_given_dice": float(np.mean([dice_np(p, g) for p, g in zip(pred, self.ts.given)]))}
 
     def round_labels_of(self, bar) -> tuple[list[np.ndarray], dict]:
-        """A refinement round's new training labels and the acceptance info (``accept_proposals``'):
+        """A refinement round's new training labels and the acceptance info (``accept_proposals``):
         here the label agents' proposals (``refine_labels``). Subclasses swap the candidates'
         source (``self_training``). ``bar.update(1)`` per case."""
         return refine_labels(self.model, self.ts, max_steps=self.cfg["agent_steps"],

@@ -1,5 +1,5 @@
-"""Staged SVL-DRL pipeline vs training on the noisy labels, co-teaching and a clean-label upper
-bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
+"""Staged SVL-DRL pipeline vs training on the noisy labels, co-teaching, TriNet, self-training and
+a clean-label upper bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
 
 1. Data: a Decathlon folder written from the built-in phantom generator
    (``svl_env.data.phantom.generate_phantoms``; default family ``blob`` -- a solid organ, the kind
@@ -13,12 +13,20 @@ bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
    competing for the cores change the wall time but hardly the result; one torch thread per
    process, ``--jobs`` processes at a time):
    ``noisy`` (plain training on the given labels), ``coteaching`` (Han et al. 2018),
+   ``trinet`` (Zhang et al. 2020: three networks, each trained on the voxels both others rank
+   small-loss), ``self-training`` (svl-drl's stages and rounds without label agents: each round's
+   candidate labels are the model's own predictions, through the same acceptance step),
    ``svl-drl`` (Warmup -> Transition -> Full RL with label-refinement rounds), ``svl-drl
    without Warmup`` (ablation: ``--stages transition full``), ``svl-drl, agents train the
    encoder`` (``--agents-train-encoder``: the label agents' value / policy losses also reach
    the shared encoder, the default before it was measured to cost test Dice), and
    ``clean`` (the noisy method on the clean labels: the upper bound, the only run that sees
    clean training labels).
+   ``noisy (updates matched to svl-drl)``: the noisy method with ``--updates N``, N the number of
+   updates the svl-drl run of the same seed made (its report.json ``updates``; every svl-drl
+   update takes one segmentation-loss step, so this matches the segmentation updates: networks
+   fit clean labels before noisy ones, so the update count is itself a confound). It runs after
+   the svl-drl runs, and only for seeds whose svl-drl run exists.
    Each run gets ``--eval-labels clean_labelsTr`` (read after training) for the Dice of its
    refined training labels and of its model's predictions on the training images.
 3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window); Dice, IoU,
@@ -30,7 +38,9 @@ bound, on phantoms with MT-Noise at noise ratio 0.5 (the paper's setting).
 Every method is trained once per run seed (default four) on the same data: two runs of the
 same method still differ by up to ±0.04 test Dice (16 test cases, a few of them hard enough
 that a run scores near 0 on one and 0.6 on another), so one or two runs per method cannot
-resolve a 0.03 difference; read the per-run column. About an hour on 2 cores.
+resolve a 0.03 difference; read the per-run column. About an hour on 2 cores with the six
+methods of the earlier default list (before trinet, self-training and the update-matched noisy
+row were added; not re-measured since).
 """
 
 from __future__ import annotations
@@ -54,14 +64,35 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name -> (pipeline args, uses clean training labels)
     "noisy": (["--method", "noisy"], False),
     "coteaching": (["--method", "coteaching"], False),
+    "trinet": (["--method", "trinet"], False),
+    "self-training": (["--method", "self-training"], False),
     "svl-drl": (["--method", "svl-drl"], False),
     "svl-drl (no Warmup)": (["--method", "svl-drl", "--stages", "transition", "full"], False),
     "svl-drl (no intensity agents)": (["--method", "svl-drl", "--intensity-every", "0"], False),
     "svl-drl (agents train the encoder)": (["--method", "svl-drl", "--agents-train-encoder"], False),
     "clean (upper bound)": (["--method", "noisy"], True),
+    "noisy (updates matched to svl-drl)": (["--method", "noisy"], False),
 }
-DEFAULT_METHODS = ("noisy", "coteaching", "svl-drl", "svl-drl (no Warmup)", "svl-drl (agents train the encoder)",
-                   "clean (upper bound)")
+# rows whose budget is the update count of another row's run of the same seed (instead of --cpu-minutes)
+MATCHED = {"noisy (updates matched to svl-drl)": "svl-drl"}
+DEFAULT_METHODS = ("noisy", "coteaching", "trinet", "self-training", "svl-drl", "noisy (updates matched to svl-drl)",
+                   "svl-drl (no Warmup)", "svl-drl (agents train the encoder)", "clean (upper bound)")
+
+
+def run_updates(run_dir) -> int:
+    """The number of updates a finished pipeline run made (``run_dir/report.json`` "updates")."""
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no finished run in {run_dir} (report.json missing)")
+    return int(json.loads(path.read_text())["updates"])
+
+
+def matched_budget(method: str, ref_dir) -> list[str]:
+    """The pipeline budget arguments of an update-matched row: ``--updates N`` with N the updates
+    of the reference run (``MATCHED[method]``, same seed) in ``ref_dir``."""
+    if method not in MATCHED:
+        raise ValueError(f"{method!r} is not an update-matched row ({', '.join(MATCHED)})")
+    return ["--updates", str(run_updates(ref_dir))]
 
 
 def make_phantom_dataset(root, *, n_train: int = 32, n_test: int = 16, seed: int = 0, size=(32, 40),
@@ -249,23 +280,37 @@ def main(argv=None) -> int:
     def run_dir(m, sd):
         return work / "runs" / m.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{sd}"
 
-    jobs = []
-    for sd in seeds:
-        for m in methods:
-            extra, clean = METHODS[m]
-            rd = run_dir(m, sd)
-            if args.reuse and (rd / "report.json").is_file():
-                continue
-            data = work / ("data_clean" if clean else "data")
-            cmd = [sys.executable, "-m", "agents.cli", "pipeline", "--data", str(data), "--out", str(rd),
-                   "--cpu-minutes", str(args.cpu_minutes), "--seed", str(sd), "--threads", "1",
-                   "--eval-labels", str(work / "clean_labelsTr"), "--no-progress", "--precision", args.precision,
-                   *extra]
-            jobs.append((f"{m} [seed {sd}]", cmd))
+    def pipeline_cmd(m, sd, budget_args):
+        extra, clean = METHODS[m]
+        data = work / ("data_clean" if clean else "data")
+        return [sys.executable, "-m", "agents.cli", "pipeline", "--data", str(data), "--out", str(run_dir(m, sd)),
+                *budget_args, "--seed", str(sd), "--threads", "1", "--eval-labels", str(work / "clean_labelsTr"),
+                "--no-progress", "--precision", args.precision, *extra]
+
+    def todo(m, sd):
+        return not (args.reuse and (run_dir(m, sd) / "report.json").is_file())
+
+    jobs = [(f"{m} [seed {sd}]", pipeline_cmd(m, sd, ["--cpu-minutes", str(args.cpu_minutes)]))
+            for sd in seeds for m in methods if m not in MATCHED and todo(m, sd)]
     (work / "logs").mkdir(parents=True, exist_ok=True)
     print(f"training {len(jobs)} run(s) ({len(methods)} method(s) x {len(seeds)} seed(s)), "
           f"{args.cpu_minutes:g} CPU-min each, {args.jobs} at a time ...", flush=True)
     status = _run_jobs(jobs, max(1, args.jobs), work / "logs")
+    # the update-matched rows, once the runs whose update counts they take exist
+    missing_ref: dict[str, list[int]] = {}
+    jobs = []
+    for m in (m for m in methods if m in MATCHED):
+        for sd in seeds:
+            ref = run_dir(MATCHED[m], sd)
+            if not (ref / "report.json").is_file():
+                missing_ref.setdefault(m, []).append(sd)
+            elif todo(m, sd):
+                jobs.append((f"{m} [seed {sd}]", pipeline_cmd(m, sd, matched_budget(m, ref))))
+    if jobs:
+        print(f"training {len(jobs)} update-matched run(s), {args.jobs} at a time ...", flush=True)
+        status.update(_run_jobs(jobs, max(1, args.jobs), work / "logs"))
+    for m, sds in missing_ref.items():
+        print(f"  {m}: no {MATCHED[m]} run for seed(s) {sds} (add {MATCHED[m]!r} to --methods)", flush=True)
 
     rows = []
     for m in methods:
@@ -287,7 +332,10 @@ def main(argv=None) -> int:
             print(f"  {m} [seed {sd}]: test Dice {test['dice']:.4f}", flush=True)
         if len(runs) < len(seeds):
             failed = [j for j in status if j.startswith(m + " [") and status[j]["rc"] != 0]
-            rows.append({"method": m, "failed": True, "log": ", ".join(status[j]["log"] for j in failed)})
+            why = [status[j]["log"] for j in failed]
+            if m in missing_ref:
+                why.append(f"no {MATCHED[m]} run for seed(s) {', '.join(map(str, missing_ref[m]))}")
+            rows.append({"method": m, "failed": True, "log": ", ".join(why)})
             continue
 
         def mean(get):
@@ -329,11 +377,15 @@ def main(argv=None) -> int:
                      f"{r['updates']:.0f} |")
     lines += _paired_lines(rows)
     lines += ["", "\"training labels out\": the pipeline's `refined_labels/` (svl-drl: the label agents' last "
-              "round; noisy, co-teaching, clean: the model's predictions on the training images).",
+              "round; self-training: the model's predictions of the last round, accepted per case; noisy, "
+              "co-teaching, TriNet, clean: the model's predictions on the training images). "
+              "\"noisy (updates matched to svl-drl)\": `--updates` = the svl-drl run's updates of the same seed "
+              "instead of the CPU budget.",
               f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores "
               f"({platform.processor() or platform.machine()}).",
               f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "
-              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}`"]
+              f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}"
+              + ("" if tuple(methods) == DEFAULT_METHODS else f" --methods '{','.join(methods)}'") + "`"]
     table = "\n".join(lines)
     print()
     print(table)

@@ -13,6 +13,15 @@ from __future__ import annotations
 
 import argparse
 
+METHOD_HELP = {  # one line per agents.staged.methods.METHODS entry (a test checks that none is missing)
+    "svl-drl": "the paper's staged RL (Warmup, Transition, Full RL with label-agent refinement rounds)",
+    "noisy": "plain training on the given labels",
+    "coteaching": "Han et al. 2018, two networks, each trained on the voxels the other ranks small-loss",
+    "trinet": "Zhang et al. 2020, three networks, each trained on the voxels both others rank small-loss",
+    "self-training": "svl-drl's stages and rounds without label agents: each round's candidate labels "
+                     "are the model's own predictions, through the same per-case acceptance",
+}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from agents.common.precision import add_precision_argument
@@ -20,20 +29,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", required=True, metavar="DIR", help="Decathlon folder: imagesTr/ + noisy labelsTr/")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (refined labels, model, report)")
-    p.add_argument("--method", choices=METHODS, default="svl-drl",
-                   help="svl-drl (staged RL), noisy (plain training on the given labels) or coteaching "
-                        "(Han et al. 2018); same backbone and budget")
+    p.add_argument("--method", choices=METHODS, default="svl-drl", metavar="METHOD",
+                   help="training method, same backbone and budget for all: "
+                        + "; ".join(f"{k}: {METHOD_HELP[k]}" if k in METHOD_HELP else k for k in METHODS)
+                        + " (default svl-drl)")
     b = p.add_argument_group("budget (whichever ends first; default --minutes 10)")
     b.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     b.add_argument("--cpu-minutes", type=float, default=None,
                    help="CPU-time budget of the process (all threads; not shrunk by other programs)")
     b.add_argument("--updates", type=int, default=None, help="number of gradient updates")
     p.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
-                   help="svl-drl stages to run, of: warmup transition full (default all three; "
-                        "'transition full' is the no-Warmup ablation)")
-    p.add_argument("--rounds", type=int, default=None, help="label-refinement rounds in Full RL (default 3)")
+                   help="svl-drl (and self-training) stages to run, of: warmup transition full (default all "
+                        "three; 'transition full' is the no-Warmup ablation)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="label-refinement rounds in Full RL (svl-drl, self-training; default 3)")
     p.add_argument("--accept", choices=("consensus", "zscore", "all"), default=None,
-                   help="svl-drl: which of the label agents' edits become training labels after a round: "
+                   help="svl-drl, self-training: which proposed edits become training labels after a round: "
                         "consensus (default; an edit stands where the segmentation decoder agrees with it, "
                         "no clean cases needed), zscore (a case's edit must stand out from the other cases'; "
                         "assumes most cases are clean) or all")

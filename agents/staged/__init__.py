@@ -21,8 +21,10 @@ agents (``intensity_agents``; the ``intensity`` action set with this network as 
 reward is the environment's Dice + continuity composite against the given annotation (the
 label agents start from a fresh corruption of it by the environment's noise protocol) or the
 current training labels (intensity agents); clean labels are never read in training. Comparators
-with the same backbone and budget: ``noisy`` (plain training) and ``coteaching`` (Han et al.
-2018); ``methods.METHODS`` is the table of the three methods, ``harness`` what they share.
+with the same backbone and budget: ``noisy`` (plain training), ``coteaching`` (Han et al.
+2018), ``trinet`` (Zhang et al. 2020) and ``self-training`` (svl-drl's stages and rounds with the
+model's own predictions as the candidate labels, no agents); ``methods.METHODS`` is the table of
+the methods, ``harness`` what they share.
 ``pipeline.run_pipeline`` and ``svl-drl pipeline`` write refined labels, the model and a report;
 ``segment`` (``svl-drl segment``) applies the model to new images of any size.
 """

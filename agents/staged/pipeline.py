@@ -114,7 +114,8 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     stages = parse_stages(stages)
     if METHODS[method].stages is None and stages != STAGES:
-        raise ValueError(f"--stages applies to the svl-drl method only (method {method!r} has a single stage)")
+        staged = " and ".join(k for k, v in METHODS.items() if v.stages is not None)
+        raise ValueError(f"--stages applies to {staged} only (method {method!r} has a single stage)")
     if updates is None and minutes is None and cpu_minutes is None:
         minutes = 10.0
     budget = Budget(updates=updates, minutes=minutes, cpu_minutes=cpu_minutes)

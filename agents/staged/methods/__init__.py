@@ -5,6 +5,10 @@
 - ``svl-drl`` (default): the paper's staged framework (``svl_drl``).
 - ``noisy``: plain training on the given labels (``noisy``).
 - ``coteaching``: Han et al. 2018 for segmentation, two networks sharing the budget (``coteaching``).
+- ``trinet``: Zhang et al. 2020, three networks, each trained on the voxels both others rank
+  small-loss (``trinet``; the loop shared with co-teaching is ``small_loss``).
+- ``self-training``: svl-drl's stages and rounds without label agents; each round's candidate
+  labels are the model's own predictions, through the same acceptance step (``self_training``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from agents.common.budget import Budget
 from agents.common.precision import resolve_precision
 from agents.staged.data import TrainingSet
 from agents.staged.harness import TrainResult, make_train_config
-from agents.staged.methods import coteaching, noisy, svl_drl
+from agents.staged.methods import coteaching, noisy, self_training, svl_drl, trinet
 from agents.staged.methods.svl_drl import STAGES
 
 __all__ = ["METHODS", "STAGES", "Method", "train"]
@@ -36,6 +40,8 @@ METHODS: dict[str, Method] = {
     "svl-drl": Method(svl_drl.train, STAGES),
     "noisy": Method(noisy.train),
     "coteaching": Method(coteaching.train),
+    "trinet": Method(trinet.train),
+    "self-training": Method(self_training.train, STAGES),
 }
 
 

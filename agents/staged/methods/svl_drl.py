@@ -78,6 +78,8 @@ def train(ts: TrainingSet, *, budget: Budget, seed: int, stages, cfg: dict, mode
 class StagedRun:
     """One run of a stage plan: the optimiser, the agents' episodes, the refinement rounds."""
 
+    refined_source = "label agents (last round)"  # report's refined_labels_from when rounds ran
+
     def __init__(self, model, ts, plan, cfg, budget, seed, device, progress):
         self.model, self.ts, self.plan, self.cfg = model, ts, plan, cfg
         self.budget, self.seed, self.device, self.show = budget, int(seed), device, progress
@@ -134,9 +136,15 @@ class StagedRun:
         pred = predict_training(self.model, self.ts, self.cfg, self.device)
         return {"pred_vs_given_dice": float(np.mean([dice_np(p, g) for p, g in zip(pred, self.ts.given)]))}
 
+    def round_labels_of(self, bar) -> tuple[list[np.ndarray], dict]:
+        """A refinement round's new training labels and the acceptance info (``accept_proposals``):
+        here the label agents' proposals (``refine_labels``). Subclasses swap the candidates'
+        source (``self_training``). ``bar.update(1)`` per case."""
+        return refine_labels(self.model, self.ts, cfg=self.cfg, device=self.device, progress=bar)
+
     def _refine(self, clock, u: int, rnd: int, last: bool) -> None:
         bar = progress_bar(len(self.ts), f"refine labels (round {rnd})", self.show)
-        new, acc = refine_labels(self.model, self.ts, cfg=self.cfg, device=self.device, progress=bar)
+        new, acc = self.round_labels_of(bar)
         self.round_labels.append(new)
         bar.close()
         with clock.paused():
@@ -206,7 +214,7 @@ class StagedRun:
             source = "model predictions on the training images"
         else:
             refined = self.refined
-            source = "label agents (last round)"
+            source = self.refined_source
         model.eval()
         return TrainResult(model, refined, self.rec.entries, self.rec.curves, u, cpu_s, wall_s,
                            round_labels=self.round_labels,

@@ -25,7 +25,8 @@ import torch
 
 from agents.common.budget import Budget, update_seed
 from agents.staged.data import TrainingSet
-from agents.staged.harness import Clock, Recorder, TrainResult, WeightEMA, dice_np, lr_at, predict_training
+from agents.staged.harness import (Clock, Recorder, TrainResult, WeightEMA, dice_np, lr_at, patch_shape,
+                                   predict_training)
 from agents.staged.losses import seg_loss
 from agents.staged.model import make_model
 
@@ -67,7 +68,7 @@ def train(ts: TrainingSet, *, budget: Budget, seed: int, cfg: dict, model_config
         n.precision = precision
     opts = [torch.optim.Adam(n.parameters(), lr=cfg["lr"]) for n in nets]
     ema = WeightEMA(nets[0], cfg["ema"])  # the output network (A), averaged like every method's
-    patch = (int(cfg["patch"]),) * 3
+    patch = patch_shape(cfg)
     rec = Recorder()
     clock = Clock(budget)
     u = 0

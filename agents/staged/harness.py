@@ -27,7 +27,9 @@ __all__ = ["DEFAULT_TRAIN", "make_train_config", "patch_shape", "Clock", "TrainR
            "predict_training", "optimiser_step", "progress_bar"]
 
 DEFAULT_TRAIN: dict = {
-    # data / optimisation (every method)
+    # data / optimisation (every method). run_pipeline replaces patch, batch and window by the
+    # values derived from the dataset's fingerprint unless the user gave them (agents.staged.fingerprint);
+    # on volumes of 32+ voxels per side those are these defaults. patch / window: one int or three (per axis).
     "patch": 32, "batch": 4, "lr": 3e-3, "lr_power": 0.9, "lr_min_frac": 0.05, "bce": 1.0, "max_grad_norm": 5.0,
     # window: the sliding-window size of every prediction (training-image agreement, label
     # refinement, test-time segmentation); 0 = the training patch. GroupNorm normalises over the

@@ -33,11 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training method, same backbone and budget for all: "
                         + "; ".join(f"{k}: {METHOD_HELP[k]}" if k in METHOD_HELP else k for k in METHODS)
                         + " (default svl-drl)")
-    b = p.add_argument_group("budget (whichever ends first; default --minutes 10)")
-    b.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
+    b = p.add_argument_group(
+        "budget (whichever ends first; default --minutes 10)",
+        "Only --updates makes a run repeatable: with the same --seed and --threads on the same machine it "
+        "gives the same refined labels, model and report (timings aside). --minutes and --cpu-minutes follow "
+        "the machine's speed: the stage schedule and the number of updates change with load and CPU, so two "
+        "runs of the same command can differ.")
+    b.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock training budget (not repeatable: follows the machine's speed and load)")
     b.add_argument("--cpu-minutes", type=float, default=None,
-                   help="CPU-time budget of the process (all threads; not shrunk by other programs)")
-    b.add_argument("--updates", type=int, default=None, help="number of gradient updates")
+                   help="CPU-time budget of the process (all threads; not shrunk by other programs, "
+                        "but not repeatable: follows the CPU's speed)")
+    b.add_argument("--updates", type=int, default=None,
+                   help="number of gradient updates (repeatable: same --seed and --threads, same result)")
     p.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="svl-drl (and self-training) stages to run, of: warmup transition full (default all "
                         "three; 'transition full' is the no-Warmup ablation)")
@@ -64,12 +72,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="unet", choices=("unet", "swin_unetr"),
                    help="shared encoder: small 3D U-Net, or MONAI's Swin UNETR (needs the monai extra)")
     p.add_argument("--width", type=int, default=None, help="U-Net channels at full resolution (default 8)")
-    p.add_argument("--patch", type=int, default=None, help="training patch size in voxels (default 32)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="training patch size in voxels (default: from the dataset's fingerprint -- the largest "
+                        "multiple of the U-Net's 2**depth <= min(median shape, 32), per axis for anisotropic "
+                        "spacing; 32 on volumes of 32+ voxels per side)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="patches per update (default: batch x patch voxels = 4 x 32^3, e.g. 4 for 32^3 patches)")
     p.add_argument("--window", type=int, default=None,
                    help="sliding-window size of every prediction (training-image agreement, label refinement, "
                         "and the model's default for `svl-drl segment`; default: the training --patch; "
                         "64 was the default before it was measured to cost test Dice, README 'Staged pipeline')")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; results can differ between thread counts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_precision_argument(p)
 
@@ -89,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         config["rounds"] = args.rounds
     if args.patch is not None:
         config["patch"] = args.patch
+    if args.batch is not None:
+        config["batch"] = args.batch
     if args.window is not None:
         config["window"] = args.window
     if args.accept is not None:

@@ -27,13 +27,17 @@ model's own predictions as the candidate labels, no agents); ``methods.METHODS``
 the methods, ``harness`` what they share.
 ``pipeline.run_pipeline`` and ``svl-drl pipeline`` write refined labels, the model and a report;
 ``segment`` (``svl-drl segment``) applies the model to new images of any size.
+``fingerprint`` measures the training folder and derives the patch, batch and window a run
+uses unless the user gives them.
 """
 
 from agents.staged.model import DEFAULT_MODEL, MonaiMissingError, StagedNet, make_model
 from agents.staged.pipeline import run_pipeline, score_masks
 from agents.staged.segment import predict_probability, segment_folder
 from agents.staged.harness import DEFAULT_TRAIN
+from agents.staged.fingerprint import derive_settings, fingerprint
 from agents.staged.methods import METHODS, STAGES, train
 
 __all__ = ["StagedNet", "make_model", "DEFAULT_MODEL", "MonaiMissingError", "run_pipeline", "score_masks",
-           "predict_probability", "segment_folder", "train", "METHODS", "STAGES", "DEFAULT_TRAIN"]
+           "predict_probability", "segment_folder", "train", "METHODS", "STAGES", "DEFAULT_TRAIN",
+           "fingerprint", "derive_settings"]

@@ -63,10 +63,14 @@ class TrainingSet:
 
     Attributes: ``names``, ``images`` (list of (D, H, W) float32 in [0, 1]), ``given`` and
     ``current`` (lists of (D, H, W) bool), ``cases`` (``nifti.Case``, label = the given one),
-    ``label_paths`` (the given label files: reference for writing refined labels).
+    ``label_paths`` (the given label files: reference for writing refined labels), ``modality``
+    and ``ct_window`` (the intensity normalisation the images were read with: "ct", "mr",
+    "none", or "auto" = per case, CT when the raw minimum is below -500; see
+    ``svl_env.data.nifti.normalise_intensity``).
     """
 
-    def __init__(self, cases: list[Case], fg_prob: float = 0.66):
+    def __init__(self, cases: list[Case], fg_prob: float = 0.66, modality: str = "auto",
+                 ct_window=(-175.0, 250.0)):
         if not cases:
             raise DataError("no training cases")
         self.cases = list(cases)
@@ -77,6 +81,8 @@ class TrainingSet:
         self.refined = False  # True once set_current replaced them
         self.label_paths = [c.label_path for c in cases]
         self.fg_prob = float(fg_prob)
+        self.modality = str(modality)
+        self.ct_window = tuple(float(v) for v in ct_window)
         self._source: CaseSource | None = None
         self._given_source: CaseSource | None = None
 
@@ -159,4 +165,4 @@ def load_training_set(root, *, label_value: int | None = 1, modality: str = "aut
         # same refusal as `train --data`: training on all-empty masks would "succeed" uselessly
         raise ValueError(f"no case in {root} has voxels with label value {label_value} "
                          "(--label-value): every label mask would be empty")
-    return TrainingSet(cases, fg_prob=fg_prob)
+    return TrainingSet(cases, fg_prob=fg_prob, modality=ds.modality, ct_window=ds.ct_window)

@@ -23,11 +23,13 @@ from agents.staged.losses import LossWeights
 from agents.staged.model import StagedNet
 from agents.staged.segment import predict_probability
 
-__all__ = ["DEFAULT_TRAIN", "make_train_config", "Clock", "TrainResult", "Recorder", "WeightEMA", "lr_at", "dice_np",
-           "predict_training", "optimiser_step", "progress_bar"]
+__all__ = ["DEFAULT_TRAIN", "make_train_config", "patch_shape", "Clock", "TrainResult", "Recorder", "WeightEMA",
+           "lr_at", "dice_np", "predict_training", "optimiser_step", "progress_bar"]
 
 DEFAULT_TRAIN: dict = {
-    # data / optimisation (every method)
+    # data / optimisation (every method). run_pipeline replaces patch, batch and window by the
+    # values derived from the dataset's fingerprint unless the user gave them (agents.staged.fingerprint);
+    # on volumes of 32+ voxels per side those are these defaults. patch / window: one int or three (per axis).
     "patch": 32, "batch": 4, "lr": 3e-3, "lr_power": 0.9, "lr_min_frac": 0.05, "bce": 1.0, "max_grad_norm": 5.0,
     # window: the sliding-window size of every prediction (training-image agreement, label
     # refinement, test-time segmentation); 0 = the training patch. GroupNorm normalises over the
@@ -70,15 +72,18 @@ def make_train_config(**overrides) -> dict:
     if unknown:
         raise ValueError(f"unknown training option(s) {sorted(unknown)}; valid: {sorted(DEFAULT_TRAIN)}")
     cfg = {**DEFAULT_TRAIN, **overrides}
-    for k in ("patch", "batch", "agent_envs", "agent_steps", "rounds", "intensity_steps"):
+    for k in ("batch", "agent_envs", "agent_steps", "rounds", "intensity_steps"):
         if int(cfg[k]) < 1:
             raise ValueError(f"{k} must be >= 1, got {cfg[k]!r}")
-    if int(cfg["window"]) < 0:
-        raise ValueError(f"window must be >= 1 (or 0: the training patch), got {cfg['window']!r}")
-    if int(cfg["window"]) == 0:  # resolved here, so the report and the checkpoint hold the size used
-        cfg["window"] = int(cfg["patch"])
-    if int(cfg["patch"]) < 4:  # the agents' 3x3x3 neighbourhoods and the continuity term need room
+    cfg["patch"] = _size(cfg["patch"], "patch")
+    if min(patch_shape(cfg)) < 4:  # the agents' 3x3x3 neighbourhoods and the continuity term need room
         raise ValueError(f"patch must be >= 4 voxels, got {cfg['patch']!r}")
+    if _is_zero(cfg["window"]):  # resolved here, so the report and the checkpoint hold the size used
+        cfg["window"] = cfg["patch"]
+    try:
+        cfg["window"] = _size(cfg["window"], "window")
+    except ValueError:
+        raise ValueError(f"window must be >= 1 (or 0: the training patch), got {cfg['window']!r}") from None
     for k in ("ema", "warmup_frac", "transition_frac", "agent_noise_ratio", "refine_confidence", "forget_rate",
               "forget_ramp", "gamma", "lr_min_frac"):
         if not 0.0 <= float(cfg[k]) <= 1.0:
@@ -104,6 +109,30 @@ def make_train_config(**overrides) -> dict:
 
     parse_noise(cfg["agent_noise"])  # validates the spec (ValueError naming the problem)
     return cfg
+
+
+def _is_zero(v) -> bool:
+    return not isinstance(v, (list, tuple)) and int(v) == 0
+
+
+def _size(v, what: str):
+    """A patch / window size: an int (cubic) or three ints (per axis; a list, JSON-friendly);
+    three equal sides become one int. ValueError unless every side is >= 1."""
+    if isinstance(v, (list, tuple)):
+        t = [int(x) for x in v]
+        if len(t) != 3:
+            raise ValueError(f"{what} must be one int or three ints, got {v!r}")
+    else:
+        t = [int(v)] * 3
+    if min(t) < 1:
+        raise ValueError(f"{what} must be >= 1, got {v!r}")
+    return t[0] if len(set(t)) == 1 else t
+
+
+def patch_shape(cfg: dict) -> tuple[int, int, int]:
+    """The training patch of a config as (D, H, W) (``cfg["patch"]`` is an int or three ints)."""
+    p = cfg["patch"]
+    return tuple(int(x) for x in p) if isinstance(p, (list, tuple)) else (int(p),) * 3
 
 
 class Clock:

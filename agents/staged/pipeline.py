@@ -9,6 +9,17 @@ Output folder (``out``)::
                                  label-refinement rounds; timing; ``eval`` (only with eval_labels)
     training_curves.png          losses, rewards and agreement over the updates
 
+Settings: after loading, the dataset's fingerprint (shapes, spacing, raw intensities, the
+normalisation applied, foreground fraction) sets the patch, batch and window the user did not
+give (``agents.staged.fingerprint.derive_settings``); ``report.json`` keeps ``fingerprint`` and
+``derived_settings`` (each value with its source, "fingerprint" or "user").
+
+Repeatability: with an ``updates`` budget, a fixed ``seed`` and a fixed thread count on the
+same CPU and torch build, two runs give the same refined labels (bit for bit), the same model
+weights and the same report except the timings. ``minutes`` / ``cpu_minutes`` budgets follow
+the machine's speed (the stage schedule and the number of updates change with load and CPU),
+so two runs of the same command can differ.
+
 Clean labels: the pipeline reads ``DIR/imagesTr`` and ``DIR/labelsTr`` only. ``eval_labels``
 (a folder of clean labels named like ``labelsTr``) is opened only after the model and the
 refined labels have been written, to score the given labels, the refined labels and the
@@ -140,6 +151,7 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
         torch.set_num_threads(int(threads))
 
     ts = load_training_set(data, label_value=label_value, modality=modality, progress=progress)
+    fp, derived, cfg = _fingerprint_settings(ts, config or {}, model_config or {}, modality)
     result: TrainResult = train(method, ts, budget=budget, seed=seed, stages=stages, config=cfg,
                                 model_config=model_config, device=dev, progress=progress, precision=precision)
 
@@ -152,14 +164,15 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
     for mask, ref in zip(result.refined, ts.label_paths):
         save_label_like(mask.astype(np.int64) * value, ref, refined_dir / ref.name)
     meta = {"method": method, "seed": int(seed), "modality": _modality(data, modality),
-            "window": int(cfg["window"]), "label_value": value, "stages": list(stages), "updates": result.updates}
+            "window": cfg["window"], "label_value": value, "stages": list(stages), "updates": result.updates}
     save_model(out / MODEL_FILE, result.model, meta)
 
     report = {
         "method": method, "data": str(data), "seed": int(seed), "device": str(dev),
         "budget": {**budget.as_dict(), "clock": "training work only (updates + label refinement); "
                                                  "cpu = time.process_time of this process (all threads)"},
-        "stages": list(stages), "config": cfg, "model": dict(result.model.config),
+        "stages": list(stages), "fingerprint": fp, "derived_settings": derived, "config": cfg,
+        "model": dict(result.model.config),
         "cases": ts.names, "updates": result.updates, "train_cpu_s": round(result.cpu_s, 2),
         "train_wall_s": round(result.wall_s, 2), "threads": torch.get_num_threads(),
         "platform": platform.platform(), "torch": torch.__version__,
@@ -175,6 +188,23 @@ def run_pipeline(data, out, *, method: str = "svl-drl", minutes: float | None = 
     if plot:
         plot_curves(result.curves, result.entries, out / CURVES_FILE, title=f"{method} on {data.name}")
     return report
+
+
+def _fingerprint_settings(ts, config: dict, model_config: dict, modality: str) -> tuple[dict, dict, dict]:
+    """The dataset fingerprint, the settings derived from it (``agents.staged.fingerprint``;
+    the user's ``patch`` / ``batch`` / ``window`` / ``modality`` win) and the training config
+    that uses them."""
+    from agents.staged.fingerprint import derive_settings, fingerprint
+    from agents.staged.model import DEFAULT_MODEL
+
+    mcfg = {**DEFAULT_MODEL, **model_config}
+    multiple = 2 ** int(mcfg["depth"]) if mcfg["backbone"] == "unet" else 32  # StagedNet.multiple
+    fp = fingerprint(ts)
+    user = {k: config.get(k) for k in ("patch", "batch", "window")}
+    user["modality"] = modality
+    derived = derive_settings(fp, multiple=multiple, user=user)
+    cfg = make_train_config(**{**config, **{k: derived[k]["value"] for k in ("patch", "batch", "window")}})
+    return fp, derived, cfg
 
 
 def _modality(data: Path, modality: str) -> str:

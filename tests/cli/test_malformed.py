@@ -235,6 +235,8 @@ arg_case("pipeline-minutes-zero", ["--minutes", "0"], ("--minutes", "> 0"), comm
 arg_case("pipeline-method-unknown", ["--method", "dropout"], ("--method", "invalid choice"), command="pipeline")
 arg_case("pipeline-stage-unknown", ["--stages", "warmup", "polish"], ("polish",), command="pipeline")
 arg_case("pipeline-patch-too-small", ["--patch", "1"], ("patch", ">= 4"), command="pipeline")
+arg_case("pipeline-batch-zero", ["--batch", "0"], ("batch", ">= 1"), command="pipeline")
+arg_case("pipeline-batch-not-a-number", ["--batch", "four"], ("--batch", "invalid int"), command="pipeline")
 arg_case("segment-window-two-ints", ["--window", "8", "8"], ("--window", "one or three"), command="segment")
 arg_case("segment-overlap-one", ["--overlap", "1.0"], ("--overlap", "[0, 1)"), command="segment")
 if not torch.cuda.is_available():

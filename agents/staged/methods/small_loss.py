@@ -21,7 +21,8 @@ import torch
 
 from agents.common.budget import Budget, update_seed
 from agents.staged.data import TrainingSet
-from agents.staged.harness import Clock, Recorder, TrainResult, WeightEMA, dice_np, lr_at, predict_training
+from agents.staged.harness import (Clock, Recorder, TrainResult, WeightEMA, dice_np, lr_at, patch_shape,
+                                   predict_training)
 from agents.staged.losses import seg_loss
 from agents.staged.model import make_model
 
@@ -73,7 +74,7 @@ def train_peers(ts: TrainingSet, *, n: int, select: Callable[[Sequence[torch.Ten
         net.precision = precision
     opts = [torch.optim.Adam(net.parameters(), lr=cfg["lr"]) for net in nets]
     ema = WeightEMA(nets[0], cfg["ema"])  # the output network (A), averaged like every method's
-    patch = (int(cfg["patch"]),) * 3
+    patch = patch_shape(cfg)
     rec = Recorder()
     clock = Clock(budget)
     u = 0

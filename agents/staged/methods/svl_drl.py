@@ -38,7 +38,7 @@ import torch
 from agents.common.budget import Budget, update_seed
 from agents.staged.data import TrainingSet
 from agents.staged.harness import (Clock, Recorder, TrainResult, WeightEMA, dice_np, lr_at, optimiser_step,
-                                   predict_training, progress_bar)
+                                   patch_shape, predict_training, progress_bar)
 from agents.staged.label_refinement import LabelAgentEpisodes, refine_labels
 from agents.staged.losses import LossWeights, seg_loss, stage_weights
 from agents.staged.model import make_model
@@ -96,7 +96,7 @@ class StagedRun:
         self.opt = torch.optim.Adam([{**g, "lr": cfg["lr"] * g["mult"]} for g in groups])
         self.rec = Recorder()
         self.ema = WeightEMA(model, cfg["ema"])
-        self.patch = (int(cfg["patch"]),) * 3
+        self.patch = patch_shape(cfg)
         self.seg_loss = lambda logits, target: seg_loss(logits, target, bce=float(cfg["bce"]))
         self.episodes = None
         if model.has_agents:

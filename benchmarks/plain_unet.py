@@ -11,10 +11,12 @@ Data: a Decathlon-style folder (``--data DIR``: ``imagesTr/`` + noisy ``labelsTr
 ``--eval-labels DIR`` (clean labels named like ``labelsTr``) scores the model's predictions on
 the training images, ``--test DIR`` (a folder holding ``imagesTs/`` and ``clean_labelsTs/``, the
 layout ``benchmarks/staged_pipeline.py`` writes) the test cases. ``--phantoms WORKDIR`` first
-writes that benchmark's phantom folder (same builder, so both see the same cases)::
+writes that benchmark's phantom folder (same builder and data options -- ``--preset``,
+``--families``, ``--modalities``, ``--size``, ``--spacing`` -- so both see the same cases)::
 
     python benchmarks/plain_unet.py --phantoms runs/plain --train 12 --test-cases 16 \\
         --noise mt+sp --noise-ratio 1.0 --steps 300 --seeds 0,1
+    python benchmarks/plain_unet.py --phantoms runs/plain_realistic --preset realistic --seeds 0
 
 prints one row per seed: test Dice vs the truth, Dice of its predictions on the training images
 vs the truth, steps, CPU-min (``time.process_time`` of training).
@@ -155,6 +157,9 @@ def _fmt(x) -> str:
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from staged_pipeline import add_phantom_args, make_phantom_dataset, parse_with_preset, phantom_options
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--data", help="Decathlon folder: imagesTr + (noisy) labelsTr")
@@ -168,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-seed", type=int, default=0, help="with --phantoms: seed of the phantom data")
     ap.add_argument("--noise", default="mt+sp", help="with --phantoms: noise of the training labels")
     ap.add_argument("--noise-ratio", type=float, default=1.0, help="with --phantoms: fraction of noisy labels")
+    add_phantom_args(ap)  # with --phantoms: --preset, --families, --modalities, --size, --spacing
     ap.add_argument("--steps", type=int, default=300, help="gradient updates (batch --batch of 32^3 patches)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (constant)")
@@ -176,19 +182,19 @@ def main(argv=None) -> int:
     ap.add_argument("--res-units", type=int, default=0, help="MONAI UNet num_res_units (default 0)")
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (one row each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args(argv)
+    args = parse_with_preset(ap, argv, rename={"test": "test_cases"})
+    data_opts = phantom_options(ap, args)
 
     import torch
 
     torch.set_num_threads(max(1, args.threads))
     if args.phantoms:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from staged_pipeline import make_phantom_dataset
-
         work = Path(args.phantoms)
         if not (work / "data" / "labelsTr").is_dir():
+            print(f"phantom data{' (preset ' + args.preset + ')' if args.preset else ''}: {data_opts}, noise "
+                  f"{args.noise}, ratio {args.noise_ratio:g}, {args.train} training / {args.test_cases} test cases")
             s = make_phantom_dataset(work, n_train=args.train, n_test=args.test_cases, seed=args.data_seed,
-                                     noise=args.noise, noise_ratio=args.noise_ratio)
+                                     noise=args.noise, noise_ratio=args.noise_ratio, **data_opts)
             print(f"given training labels: Dice vs truth {s['given_label_dice']:.4f}")
         args.data, args.eval_labels, args.test = work / "data", work / "clean_labelsTr", work
     if not args.data:

@@ -17,6 +17,19 @@ things are placed, so non-cubic patches work.
   keeps them from touching even diagonally, so they are always distinct components.
 - ``hollow``: a cyst / hollow organ -- a closed wall of varying thickness around a fluid cavity
   (the cavity is background), fully inside the patch so the cavity is enclosed.
+- ``folded``: cortex-like -- a ribbon 2-4 mm thick (fixed in mm, not scaled with the patch) on
+  the outer side of a strongly folded surface: the zero set of a tilted plane plus a smooth
+  random field (correlation width min(4.5 mm, L/5)) whose gradient is 2.5-5x the plane's, so
+  it folds into gyri with finger-like cores and narrow sulci; the ribbon is 0 <= d < T with d
+  the field divided by its gradient norm (central differences: a first-order signed
+  distance). The core it wraps ("white matter", d < 0) is rendered as its own tissue next to
+  the foreground's intensity and is *not* foreground. Typically > 90 % of its voxels lie
+  within 2 voxels of the background; a 64 x 64 x 128 patch shows one large folded sheet plus a
+  few small closed ones. Opt-in: not in ``DEFAULT_FAMILIES``.
+
+``DEFAULT_FAMILIES`` (what ``generate_phantoms`` draws from unless told) are the first four, so
+the family drawn for a key -- and every seeded result made before ``folded`` existed -- is
+unchanged; adding ``folded`` changed no other family's output bit.
 
 A per-episode level shift (clamped to a few mm) keeps the foreground fraction in about
 [4 %, 33 %]; the mask is never empty.
@@ -30,8 +43,11 @@ a smooth multiplicative bias field and noise. So intensity alone does not give t
 
 - ``ct``: HU; bias on attenuation (tiny); Gaussian noise 6-20 HU; soft-tissue window
   (L 40-60, W 350-450 HU) mapped to [0, 1]; bone clutter saturates at 1.
+  ``folded``'s core: 8-25 HU darker than the ribbon.
 - ``mr``: a.u.; strong multiplicative bias (+-12-32 %); Rician (magnitude) noise; 1st-99.5th
-  percentile normalisation to [0, 1]; foreground moderately brighter than the main tissue.
+  percentile normalisation to [0, 1]; foreground moderately brighter than the main tissue;
+  ``folded``'s core 0.08-0.20 brighter than the ribbon (T1-like, 70 % of the episodes) or
+  0.08-0.16 darker, so one intensity threshold takes both tissues or neither.
 
 Determinism. Row ``b`` depends only on ``keys[b]``, ``shape``, ``families``, ``modalities``,
 bit for bit, whatever the batch: all draws go through ``svl_env.rng`` per row, and every
@@ -60,11 +76,13 @@ family and modality of each row and puts them together.
 #   120 tubular parameters          121 tubular bend (2 per vessel) and radius fields
 #   130 multi parameters            131 multi surface-displacement field
 #   140 hollow parameters           141 hollow displacement and wall-thickness fields
-#   150 intensity parameters (column 23: partial-volume width)
+#   150 intensity parameters (columns 19-20: folded core contrast; 23: partial-volume width)
 #   151 background fields, under substreams 0-3 of the key: tissue partition, distractor
 #       organs, clutter, distractor vessels
 #   152 bias field                  153 fine texture field
 #   154 acquisition noise
+#   160 folded parameters (uniforms: centre, fold strength, thickness; normals: plane normal)
+#   161 folded folding field
 
 from __future__ import annotations
 
@@ -73,17 +91,17 @@ import torch
 from .. import rng
 from .phantom_fields import col
 from .phantom_render import ramp, render
-from .phantom_shapes import FAMILIES, FAMILY_FNS, family_seeds
+from .phantom_shapes import DEFAULT_FAMILIES, FAMILIES, FAMILY_FNS, family_seeds
 
-__all__ = ["FAMILIES", "MODALITIES", "generate_phantoms"]
+__all__ = ["DEFAULT_FAMILIES", "FAMILIES", "MODALITIES", "generate_phantoms"]
 
 MODALITIES = ("mr", "ct")
 
 _CPU_CHUNK_VOXELS = 1 << 21  # largest batch generated at once on CPU (generate_phantoms)
-_FAMILY_TAGS = (110, 120, 130, 140)  # rng tag T of each of FAMILIES (tag table above)
+_FAMILY_TAGS = (110, 120, 130, 140, 160)  # rng tag T of each of FAMILIES (tag table above)
 
 
-def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, families=FAMILIES,
+def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, families=DEFAULT_FAMILIES,
                       modalities=MODALITIES) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate one phantom per episode key.
 
@@ -92,7 +110,8 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
         shape: patch size (D, H, W) in voxels of 1 mm; each >= 8. Families keep their
             character (multi: >= 2 components, hollow: enclosed cavity) from 16 per side on;
             smaller patches still give valid, non-empty masks.
-        families: non-empty subset of ``FAMILIES`` to draw from (uniformly, per key).
+        families: non-empty subset of ``FAMILIES`` to draw from (uniformly, per key);
+            default ``DEFAULT_FAMILIES`` (all but ``folded``).
         modalities: non-empty subset of ``MODALITIES`` to draw from (uniformly, per key).
 
     Returns:
@@ -127,6 +146,8 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
     is_ct = torch.tensor([m == "ct" for m in modalities], device=dev)[pick]
 
     seeds = family_seeds(keys, torch.tensor(_FAMILY_TAGS, device=dev)[fam])
+    inner = (fam == FAMILIES.index("hollow")) | (fam == FAMILIES.index("folded"))  # rows with an inner tissue
+    inner_pos = inner.long().cumsum(0) - 1  # a row's place among them
     phi = dcav = None
     for f, name in enumerate(FAMILIES):
         rows = (fam == f).nonzero()[:, 0]
@@ -140,8 +161,13 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
             if phi is None:
                 phi = torch.empty((B, *shape), device=dev)
             phi[rows] = ph
-        if dc is not None:  # hollow rows only
-            dcav = dc
+        if dc is not None:  # hollow and folded rows: the inner tissue's field, in batch order
+            if whole:
+                dcav = dc
+            else:
+                if dcav is None:
+                    dcav = torch.empty((int(inner.sum()), *shape), device=dev)
+                dcav[inner_pos[rows]] = dc
         del ph, dc
 
     # never empty (tiny patches, multi's carved gaps): the deepest voxel is always inside
@@ -155,6 +181,6 @@ def generate_phantoms(keys: torch.Tensor, shape: tuple[int, int, int], *, famili
     look = rng.params(keys, 150, 24).double()  # appearance: this width and render's parameters
     width = col(1.0 + 0.6 * look[:, 23])
     out_w = ramp(phi.div_(width).add_(0.5))
-    cav_w = None if dcav is None else ramp(dcav.div_(width[fam == FAMILIES.index("hollow")]).add_(0.5))
+    cav_w = None if dcav is None else ramp(dcav.div_(width[inner]).add_(0.5))
     # (a family's field may be a view into a wider buffer: hand out a plain tensor)
     return render(keys, shape, fam, is_ct, out_w, cav_w, look).contiguous(), truth

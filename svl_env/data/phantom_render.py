@@ -21,8 +21,9 @@ def render(keys, shape, fam, is_ct, out_w, cav_w, u):
     """Image (B, D, H, W) float32 in [0, 1].
 
     fam (B,) index into FAMILIES; is_ct (B,) bool; out_w (B, D, H, W) = 1 - soft foreground
-    occupancy (overwritten: it becomes the image); cav_w (B_hollow, D, H, W) = 1 - soft cavity
-    occupancy of the hollow rows (in batch order), or None when no row is hollow; u (B, 24)
+    occupancy (overwritten: it becomes the image); cav_w (B_inner, D, H, W) = 1 - soft occupancy
+    of the inner tissue (hollow: the fluid cavity; folded: the white matter) of the hollow and
+    folded rows (in batch order), or None when there are none; u (B, 24)
     float64 the rows' appearance parameters (``rng.params(keys, 150, 24)``).
 
     Mixing is written ``v + (x - v) * (1 - m)`` so every step runs in place: fresh full-size
@@ -32,6 +33,7 @@ def render(keys, shape, fam, is_ct, out_w, cav_w, u):
     L = structure_scale(shape)
     u = u.unbind(1)
     vessel, wall = fam == FAMILIES.index("tubular"), fam == FAMILIES.index("hollow")
+    folded = fam == FAMILIES.index("folded")
 
     def pick(ct, mr):
         return torch.where(is_ct, ct, mr)
@@ -48,6 +50,11 @@ def render(keys, shape, fam, is_ct, out_w, cav_w, u):
     wallv = pick(a_ct + 20 + 50 * u[3], a_mr + 0.10 + 0.20 * u[3])
     fg = torch.where(vessel, vess, torch.where(wall, wallv, organ))
     fluid = pick(20 * u[4], torch.where(u[5] < 0.5, 0.9 + 0.3 * u[4], 0.05 + 0.1 * u[4]))
+    # folded: the "white matter" inside the ribbon, a neighbour tissue close to the foreground
+    # (MR: brighter, T1-like, in 70 % of the episodes, else darker; CT: a little darker), so
+    # one threshold takes either both tissues or neither
+    wm = pick(fg - (8 + 17 * u[19]), fg + torch.where(u[20] < 0.7, 0.08 + 0.12 * u[19], -(0.08 + 0.08 * u[19])))
+    inner = torch.where(wall, fluid, wm)  # the inner tissue of the rows that have one
     # distractor organs look almost like the foreground: intensity alone can't separate them
     distr = fg + pick((u[6] - 0.5) * 30, (u[6] - 0.5) * 0.10)
     clutter = pick(350 + 650 * u[7], torch.where(u[8] < 0.5, 0.02 + 0.06 * u[7], 0.9 + 0.2 * u[7]))
@@ -93,12 +100,12 @@ def render(keys, shape, fam, is_ct, out_w, cav_w, u):
     del keep
     img.sub_(col(clutter)).mul_(ramp_field(field_seeds(keys, 2), s_clu, thr_c, -1.0)).add_(col(clutter))
     img = out_w.mul_(img.sub_(col(fg))).add_(col(fg))
-    if cav_w is not None:  # only on the hollow rows: (x - v) * 1 + v is not exactly x
-        rows = wall.nonzero()[:, 0]
+    if cav_w is not None:  # only on the hollow / folded rows: (x - v) * 1 + v is not exactly x
+        rows = (wall | folded).nonzero()[:, 0]
         if len(rows) == B:
-            img.sub_(col(fluid)).mul_(cav_w).add_(col(fluid))
+            img.sub_(col(inner)).mul_(cav_w).add_(col(inner))
         else:
-            img[rows] = img[rows].sub_(col(fluid[rows])).mul_(cav_w).add_(col(fluid[rows]))
+            img[rows] = img[rows].sub_(col(inner[rows])).mul_(cav_w).add_(col(inner[rows]))
     ft, st = keyed_field(keys, 153, shape, 1, 3.0)
     img += upsample((ft * col5(tex_amp)[:, None]).float(), shape, st)[:, 0]
 

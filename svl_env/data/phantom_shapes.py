@@ -264,5 +264,58 @@ def _hollow(seeds: Seeds, shape, dev):
     return phi.sub_(level), d_cav.add_(level)
 
 
-FAMILY_FNS = {"blob": _blob, "tubular": _tubular, "multi": _multi, "hollow": _hollow}
+def _central_grad_norm(psi: torch.Tensor) -> torch.Tensor:
+    """|grad psi| (per mm) of (B, D, H, W) by central differences (one-sided at the faces):
+    only subtractions, halvings, squares, a sum written out and a sqrt, all exact per voxel."""
+    out = None
+    for ax in (1, 2, 3):
+        n = psi.shape[ax]
+        d = torch.empty_like(psi)
+        d.narrow(ax, 1, n - 2).copy_(psi.narrow(ax, 2, n - 2) - psi.narrow(ax, 0, n - 2)).mul_(0.5)
+        d.narrow(ax, 0, 1).copy_(psi.narrow(ax, 1, 1) - psi.narrow(ax, 0, 1))
+        d.narrow(ax, n - 1, 1).copy_(psi.narrow(ax, n - 1, 1) - psi.narrow(ax, n - 2, 1))
+        d.mul_(d)
+        out = d if out is None else out.add_(d)
+    return out.sqrt_()
+
+
+def _folded(seeds: Seeds, shape, dev):
+    """Cortex-like folded ribbon: a sheet of thickness 2-4 mm on the outer side of a strongly
+    folded "white matter" surface; the white matter (the cavity field, rendered as its own
+    tissue) is not foreground.
+
+    The surface is the zero set of psi = a tilted plane + a smooth random field whose
+    gradient is 2.5-5x the plane's, so it folds into gyri with finger-like white-matter cores
+    and narrow sulci. psi / |grad psi| (central differences) is its first-order signed
+    distance d (mm): white matter d < 0, ribbon 0 <= d < T. Fold scale and thickness are in mm
+    (anatomy has a scale: the patch size sets how many folds are seen), with the fold scale
+    kept below L / 5 so small patches still show folds.
+    """
+    L = structure_scale(shape)
+    dims = torch.tensor(shape, dtype=F64, device=dev)
+    p = seeds.uniform(16)
+    sigma = min(4.5, 0.2 * L)  # correlation width (mm) of the folding field
+    fld, step = random_field(seeds.field, shape, 1, sigma)
+    cax = grid_axes(shape, dev, step)
+    n = _normalize(seeds.normal(3))
+    c = (p[:, 0:3] - 0.5) * 0.3 * dims
+    # plane gradient 1, field gradient ~1.22 / sigma per unit: their ratio sets how strongly
+    # the surface folds (a fixed multiple of the field's gradient, whatever sigma)
+    fold = ((2.5 + 2.5 * p[:, 3]) * sigma / 1.22)[:, None, None, None]
+    psi = upsample((plane(cax, n, c) + fold * fld[:, 0])[:, None].float(), shape, step)[:, 0]
+    grad = _central_grad_norm(psi).clamp_(min=1e-3 * float(fold.min()))
+    d = psi.div_(grad)
+    del grad
+    T = col(2.0 + 2.0 * p[:, 4])  # ribbon thickness, mm
+    half = T * 0.5
+    phi = torch.sub(d, half).abs_().sub_(half)  # |d - T/2| - T/2: < 0 in the ribbon
+    # level shift only by a fraction of a voxel: the ribbon must stay a thin sheet
+    level = col(fit_level(phi, -0.5, 0.75))
+    return phi.sub_(level), d.add_(level)  # the white matter shrinks as the ribbon thickens
+
+
+FAMILY_FNS = {"blob": _blob, "tubular": _tubular, "multi": _multi, "hollow": _hollow, "folded": _folded}
 FAMILIES = tuple(FAMILY_FNS)
+# what a caller gets without naming families: the four older ones, so seeded draws made before
+# ``folded`` existed are unchanged (``folded`` is opt-in)
+DEFAULT_FAMILIES = ("blob", "tubular", "multi", "hollow")

@@ -54,7 +54,7 @@ class PhantomSource:
     def __init__(self, families: Sequence[str] | None = None, modalities: Sequence[str] | None = None):
         from . import phantom
 
-        self.families = tuple(families) if families else phantom.FAMILIES
+        self.families = tuple(families) if families else phantom.DEFAULT_FAMILIES
         self.modalities = tuple(modalities) if modalities else phantom.MODALITIES
         for f in self.families:
             if f not in phantom.FAMILIES:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from svl_env.data.phantom import FAMILIES, MODALITIES, generate_phantoms
+from svl_env.data.phantom import DEFAULT_FAMILIES, FAMILIES, MODALITIES, generate_phantoms
 
 SHAPE = (32, 32, 32)
 FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: the strict reading of "separate"
@@ -71,6 +71,54 @@ def test_each_family_can_be_produced(family):
     assert torch.isfinite(img).all()
     frac = truth.float().mean((1, 2, 3))
     assert (frac > 0.02).all() and (frac < 0.40).all(), frac
+
+
+def test_default_families_are_the_older_four():
+    # seeded results made before ``folded`` existed must not change: it is opt-in
+    assert DEFAULT_FAMILIES == ("blob", "tubular", "multi", "hollow") and set(DEFAULT_FAMILIES) < set(FAMILIES)
+    a = generate_phantoms(_keys(6), (16, 16, 16))
+    b = generate_phantoms(_keys(6), (16, 16, 16), families=DEFAULT_FAMILIES)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("shape", [(24, 40, 32), (17, 19, 23)])
+def test_folded_row_depends_only_on_its_key(shape):
+    keys = torch.tensor([5, 123456, 77, 2**31 - 1, 0, 9, 10, 11, 12, 13, 14], dtype=torch.int64)
+    fams = ("folded", "hollow", "blob")  # mixed batches: folded and hollow rows share the inner-tissue path
+    for families in (("folded",), fams):
+        img, truth = generate_phantoms(keys, shape, families=families)
+        for b in range(len(keys)):
+            i1, t1 = generate_phantoms(keys[b: b + 1], shape, families=families)
+            assert torch.equal(i1[0], img[b]) and torch.equal(t1[0], truth[b]), f"{families} row {b}"
+        perm = torch.tensor([3, 0, 7, 1])
+        i2, t2 = generate_phantoms(keys[perm], shape, families=families)
+        assert torch.equal(i2, img[perm]) and torch.equal(t2, truth[perm])
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (16, 16, 16), (24, 40, 32), (32, 32, 64)])
+def test_folded_is_a_thin_non_empty_ribbon(shape):
+    _, truth = generate_phantoms(_keys(12), shape, families=("folded",))
+    _, blob = generate_phantoms(_keys(12), shape, families=("blob",))
+    frac = truth.float().mean((1, 2, 3))
+    assert (frac > 0.02).all() and (frac < 0.40).all(), frac
+    assert ((frac >= 0.03) & (frac <= 0.35)).float().mean() >= 0.9, frac
+
+    def kept(t):  # fraction of the foreground that survives an erosion by 2 voxels
+        return ndi.binary_erosion(t, iterations=2).sum() / t.sum()
+
+    k_fold = np.array([kept(t) for t in truth.numpy()])
+    k_blob = np.array([kept(t) for t in blob.numpy()])
+    assert k_fold.mean() < 0.1 and k_fold.max() < 0.25, k_fold  # a sheet, not a solid
+    assert k_blob.mean() > max(0.15, 3 * k_fold.mean()), k_blob  # (the check can tell: a solid organ keeps more)
+
+
+def test_folded_intensity_threshold_is_not_enough():
+    # the core the ribbon wraps is its own tissue, near the ribbon's intensity (MR: brighter or
+    # darker), and not foreground: one threshold takes both tissues or neither
+    img, truth = generate_phantoms(_keys(16), (32, 32, 32), families=("folded",), modalities=("mr",))
+    dice = _best_threshold_dice(img, truth).numpy()
+    assert dice.mean() < 0.7, dice
+    assert dice.mean() > 0.2, dice
 
 
 def test_blob_is_one_thick_organ():

@@ -166,14 +166,22 @@ def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor)
 
 @torch.no_grad()
 def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max_steps: int = 3,
-                  confidence: float = 0.5, window=64, overlap: float = 0.25, device="cpu") -> np.ndarray:
+                  confidence: float = 0.5, window=64, overlap: float = 0.25, device="cpu",
+                  probability: bool = False) -> np.ndarray:
     """Let the label agents act on one whole label volume; returns the refined mask (D, H, W) bool.
 
     The episode starts from ``label`` (the current training label, not corrupted); at each of
     ``max_steps`` steps every voxel takes its greedy action if the policy's probability of it is
     at least ``confidence``, else keeps (``svl_env.dynamics.apply_label_actions``). Windows of
     ``window`` voxels (averaged final masks, > 0.5) handle volumes of any size.
+
+    ``probability``: return instead the agents' foreground probability after the last step,
+    (D, H, W) float32 in [0, 1]: ``Σ_a π_a c_a`` over the last step's policy, with ``c_a`` the
+    state action ``a`` gives the voxel (``svl_env.dynamics.label_candidates``; the quantity
+    vA3C's outcome loss trains), the earlier steps greedy as above.
     """
+    from svl_env.dynamics import label_candidates
+
     was = model.training
     model.eval()
 
@@ -185,6 +193,8 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
         for t in range(max_steps):
             logits, _, _ = model.agent_outputs(feats, state_channels(mask, lab, seg_prob, t, max_steps))
             p = logits.softmax(1)
+            if probability and t == max_steps - 1:
+                return (p * label_candidates(mask)).sum(1, keepdim=True)
             conf, a = p.max(1)
             a = torch.where(conf >= confidence, a, torch.zeros_like(a))
             mask = apply_label_actions(mask, a)
@@ -195,7 +205,7 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
                              device=device)
     finally:
         model.train(was)
-    return out[0] > 0.5
+    return out[0] if probability else out[0] > 0.5
 
 
 def _band_size(label: np.ndarray) -> int:
@@ -215,13 +225,13 @@ def robust_z(values) -> np.ndarray:
 
 
 #: acceptance rules of a refinement round (``accept_proposals``; ``make_train_config``'s ``accept``)
-ACCEPT_RULES = ("consensus", "zscore", "all")
+ACCEPT_RULES = ("consensus", "average", "zscore", "all")
 #: fewer cases than this: the ``zscore`` rule has no robust statistic and accepts every proposal
 ZSCORE_MIN_CASES = 6
 
 
 def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confidence: float = 0.0, window=64,
-                   start: str = "given", device="cpu",
+                   start: str = "given", device="cpu", probability: bool = False,
                    progress=None) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The label agents' proposals for every training case, and what they are judged against.
 
@@ -229,14 +239,15 @@ def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confid
     afresh with the round's agents, so edits never compound into a drift towards the model's own
     predictions) or ``"current"``. Returns (labels the agents started from, proposals
     (``refine_volume``), the segmentation decoder's foreground probabilities), each a list of
-    (D, H, W) arrays (bool, bool, float32)."""
+    (D, H, W) arrays (bool, bool, float32); ``probability``: the proposals are the agents'
+    foreground probabilities (float32, ``refine_volume(probability=True)``)."""
     from agents.staged.segment import predict_probability
 
     labels = training_set.given if start == "given" else training_set.current
     proposals, probs = [], []
     for img, lab in zip(training_set.images, labels):
         proposals.append(refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
-                                       device=device))
+                                       device=device, probability=probability))
         probs.append(predict_probability(model, img, window=window, device=device))
         if progress is not None:
             progress.update(1)
@@ -247,9 +258,10 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
                      cfg: dict) -> tuple[list[np.ndarray], dict]:
     """Which of the proposed edits of a refinement round become training labels.
 
-    labels, proposals: (D, H, W) bool per case (the labels the proposer started from, its
-    proposal); probs: the segmentation decoder's foreground probability per case, (D, H, W) in
-    [0, 1]. ``cfg["accept"]`` picks the rule (``ACCEPT_RULES``):
+    labels: (D, H, W) bool per case (the labels the proposer started from); proposals: the
+    proposed labels, (D, H, W) bool, or the proposer's foreground probability (float; the
+    proposed label is where it is > 0.5); probs: the segmentation decoder's foreground
+    probability per case, (D, H, W) in [0, 1]. ``cfg["accept"]`` picks the rule (``ACCEPT_RULES``):
 
     - ``"consensus"`` (default): an edited voxel is kept where the proposal agrees with the
       segmentation decoder (probability > 0.5 for a voxel the proposal adds, <= 0.5 for one it
@@ -257,6 +269,11 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
       -- the agents on the reward against the (re-corrupted) given labels, the decoder on the
       labels of every case -- must agree before a label changes. Nothing is compared across
       cases, so it works when every case is noisy: no clean peers are assumed.
+    - ``"average"``: the label becomes ``(p_proposer + p_decoder) / 2 > 0.5``, the mean of the
+      two estimators' foreground probabilities (with a bool proposal, 0 or 1): where they
+      disagree the more confident one wins. The agents' probability already holds the given
+      label through its ``keep`` action, so a confident ``keep`` outvotes an unsure decoder.
+      Nothing is compared across cases either.
     - ``"zscore"``: the previous default, per case: the net edit ``(|proposal| - |label|) /
       |boundary band|`` must stand out from the other cases' (robust z-score >= ``accept_z``)
       and point the way the decoder disagrees with that label (the signed ``consensus_gap``,
@@ -276,6 +293,8 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
     rule = cfg.get("accept", "consensus")
     if rule not in ACCEPT_RULES:
         raise ValueError(f"unknown acceptance rule {rule!r}; choose from {', '.join(ACCEPT_RULES)}")
+    soft = [np.asarray(p, dtype=np.float32) for p in proposals]
+    proposals = [p > 0.5 for p in soft]
     n = len(proposals)
     bands = [max(_band_size(lab), 1) for lab in labels]
     net = [(int(p.sum()) - int(lab.sum())) / b for p, lab, b in zip(proposals, labels, bands)]
@@ -283,6 +302,8 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
     gaps = [0.0] * n
     if rule == "consensus":
         out = [np.where((p != lab) & (p == (pr > 0.5)), p, lab) for p, lab, pr in zip(proposals, labels, probs)]
+    elif rule == "average":
+        out = [(q + pr) / 2 > 0.5 for q, pr in zip(soft, probs)]
     elif rule == "all" or n < ZSCORE_MIN_CASES or float(cfg["accept_z"]) <= 0:
         out = list(proposals)
     else:
@@ -313,5 +334,6 @@ def refine_labels(model: StagedNet, training_set, *, cfg: dict, device="cpu",
     ``accept_z``) decides which become labels. Returns (new labels, acceptance info)."""
     labels, proposals, probs = propose_labels(model, training_set, max_steps=cfg["agent_steps"],
                                               confidence=cfg["refine_confidence"], window=cfg["window"],
-                                              start=cfg["refine_from"], device=device, progress=progress)
+                                              start=cfg["refine_from"], device=device,
+                                              probability=cfg.get("accept") == "average", progress=progress)
     return accept_proposals(labels, proposals, probs, cfg)

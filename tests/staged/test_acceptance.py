@@ -78,3 +78,20 @@ def test_all_rule_and_bad_rule():
     assert all(np.array_equal(o, p) for o, p in zip(out, proposals))
     with pytest.raises(ValueError, match="accept must be one of"):
         make_train_config(accept="majority")
+
+
+def test_average_rule_lets_the_more_confident_estimator_win():
+    truths, labels, proposals, probs = _all_noisy(2)
+    soft = [np.where(p, 0.9, 0.1).astype(np.float32) for p in proposals]  # confident agents
+    out, info = accept_proposals(labels, soft, probs, make_train_config(accept="average"))
+    assert info["rule"] == "average" and info["n_accepted"] == 2
+    assert all(_dice(o, t) == 1.0 for o, t in zip(out, truths))
+    # an unsure proposal (0.45 on the voxels the label misses) loses to a decoder at 0.2 there ...
+    soft[1] = np.where(labels[1], 0.9, np.where(truths[1], 0.45, 0.05)).astype(np.float32)
+    probs[1] = np.where(labels[1], 0.8, 0.2).astype(np.float32)
+    out, _ = accept_proposals(labels, soft, probs, make_train_config(accept="average"))
+    assert np.array_equal(out[1], labels[1])
+    # ... and wins against one at 0.6 (mean 0.525 > 0.5)
+    probs[1] = np.where(truths[1], 0.6, 0.1).astype(np.float32)
+    out, _ = accept_proposals(labels, soft, probs, make_train_config(accept="average"))
+    assert np.array_equal(out[1], truths[1])

@@ -31,6 +31,11 @@ a clean-label upper bound, on phantoms with MT-Noise at noise ratio 0.5 (the pap
    refined training labels and of its model's predictions on the training images.
 3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window); Dice, IoU,
    HD95, ASD against ``clean_labelsTs`` (``svl_env.metrics``, mean over test cases).
+4. Statistics over the run seeds: svl-drl minus each method, paired by run seed; and rliable's
+   (``agents.eval.stats``, shared with the RL leaderboard) Dice IQM and mean with stratified-bootstrap
+   95 % CIs of every method's (run seeds x test cases) per-case Dice, and P(svl-drl > method), in
+   ``<out stem>_stats.md`` / ``_stats.csv`` / ``_performance_profile.png`` next to ``--out``
+   (``rliable_stats``; ``--stats-from JSON`` recomputes them from a finished benchmark's JSON).
 
     python benchmarks/staged_pipeline.py [--cpu-minutes 4] [--jobs 2] [--seed 0] [--run-seeds 0,1,2,3] \\
         [--methods ...] [--workdir runs/staged_benchmark] [--out benchmarks/results/staged_pipeline.md]
@@ -439,8 +444,8 @@ def write_stats_files(res: dict, out) -> dict:
         sc = res["scores"]
         profiles, cis = ST.performance_profiles({m: sc[m] for m in order}, reps=res["reps"])
         ST.plot_performance_profile(profiles, cis, paths["profile_png"], runs={m: sc[m].shape[0] for m in order})
-    else:
-        paths.pop("profile_png")
+    else:  # nothing to plot: no stale profile of an earlier run next to these files
+        paths.pop("profile_png").unlink(missing_ok=True)
     return paths
 
 

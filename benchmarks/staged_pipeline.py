@@ -31,6 +31,11 @@ a clean-label upper bound, on phantoms with MT-Noise at noise ratio 0.5 (the pap
    refined training labels and of its model's predictions on the training images.
 3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window); Dice, IoU,
    HD95, ASD against ``clean_labelsTs`` (``svl_env.metrics``, mean over test cases).
+4. Statistics over the run seeds: svl-drl minus each method, paired by run seed; and rliable's
+   (``agents.eval.stats``, shared with the RL leaderboard) Dice IQM and mean with stratified-bootstrap
+   95 % CIs of every method's (run seeds x test cases) per-case Dice, and P(svl-drl > method), in
+   ``<out stem>_stats.md`` / ``_stats.csv`` / ``_performance_profile.png`` next to ``--out``
+   (``rliable_stats``; ``--stats-from JSON`` recomputes them from a finished benchmark's JSON).
 
     python benchmarks/staged_pipeline.py [--cpu-minutes 4] [--jobs 2] [--seed 0] [--run-seeds 0,1,2,3] \\
         [--methods ...] [--workdir runs/staged_benchmark] [--out benchmarks/results/staged_pipeline.md]
@@ -268,13 +273,16 @@ def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
     from svl_env.data.nifti import load_case
 
     model, meta = load_model(run_dir)
-    preds, truths, spacings = [], [], []
+    preds, truths, spacings, names = [], [], [], []
     for ip in sorted((data / "imagesTs").glob("*.nii.gz")):
         case = load_case(ip, clean_ts / ip.name, modality=meta.get("modality", "auto"))
         preds.append(predict_probability(model, case.image, window=meta.get("window", 64)) > 0.5)
         truths.append(case.label)
         spacings.append(case.spacing)
-    return score_masks(preds, truths, spacings)
+        names.append(ip.name[: -len(".nii.gz")])
+    out = score_masks(preds, truths, spacings)
+    out["cases"] = names  # the order of out["per_case"] lists: sorted test-case names
+    return out
 
 
 def _paired_lines(rows) -> list[str]:
@@ -294,6 +302,153 @@ def _paired_lines(rows) -> list[str]:
         out.append(f"- {m}: {d.mean():+.4f} (s.e. {_fmt(se)}; per seed {' / '.join(f'{x:+.3f}' for x in d)}; "
                    f"SVL-DRL higher in {int((d > 0).sum())} of {len(d)})")
     return out
+
+
+# --- rliable statistics over the run seeds (the leaderboard's agents/eval/stats.py) ---
+#: the method every other one is compared with in the statistics
+REFERENCE = "svl-drl"
+STATS_FIELDS = ("method", "runs", "test_cases", "iqm", "iqm_ci_low", "iqm_ci_high", "mean", "mean_ci_low",
+                "mean_ci_high", "p_svl_drl_better", "p_ci_low", "p_ci_high")
+
+
+def dice_matrices(rows) -> tuple[dict[str, np.ndarray], list, list[str]]:
+    """({method: (runs, test cases) per-case test Dice}, the test cases of the columns, notes).
+
+    A row's runs are its run seeds (in the order run); the columns are the test cases in sorted
+    order (by name where the run lists ``test_cases``, else by position: ``_test_scores`` scores
+    them in sorted file order), the same for every method. Left out, each with a note: a method
+    without a finished run, a failed or missing run seed, a run without per-case Dice (a JSON
+    from before they were stored), a run with other test cases than the first one kept or a
+    non-finite Dice."""
+    scores, notes, cases = {}, [], None
+    for r in rows:
+        m = r["method"]
+        kept = []
+        for run in r.get("runs") or []:
+            per, names = run.get("test_per_case_dice"), run.get("test_cases")
+            if per is None:
+                notes.append(f"{m}, seed {run.get('seed')}: no per-case test Dice stored (older JSON); left out")
+                continue
+            keys = list(names) if names is not None else list(range(len(per)))
+            if len(keys) != len(per):
+                notes.append(f"{m}, seed {run.get('seed')}: {len(per)} per-case Dice for {len(keys)} test cases; "
+                             "left out")
+                continue
+            by_case = dict(zip(keys, per))
+            order = sorted(by_case)
+            if cases is None:
+                cases = order
+            if order != cases:
+                notes.append(f"{m}, seed {run.get('seed')}: other test cases than the other runs; left out")
+                continue
+            v = np.array([np.nan if by_case[c] is None else by_case[c] for c in cases], dtype=np.float64)
+            if not np.isfinite(v).all():
+                notes.append(f"{m}, seed {run.get('seed')}: non-finite per-case Dice; left out")
+                continue
+            kept.append(v)
+        if r.get("failed"):
+            bad = r.get("failed_seeds")
+            notes.append(f"{m}: " + (f"run seed(s) {', '.join(map(str, bad))} failed or missing"
+                                     if bad else "failed") + (f" (see {r['log']})" if r.get("log") else "")
+                         + ("; left out" if not kept else "; its other runs are kept"))
+        elif not kept and not r.get("runs"):
+            notes.append(f"{m}: no finished run; left out")
+        if kept:
+            scores[m] = np.stack(kept)
+    return scores, cases or [], notes
+
+
+def rliable_stats(rows, *, reps: int | None = None, seed: int | None = None, reference: str = REFERENCE) -> dict:
+    """Dice IQM and mean with stratified-bootstrap 95 % CIs per method, and P(reference > method)
+    for every other method, from the benchmark's rows (``dice_matrices``), all computed by
+    ``agents.eval.stats.compute_stats``: one call per method on the pair {reference, method}
+    with ``controls={reference: method}``, i.e. the reference is the policy and the method its
+    control, so its ``p_improvement`` is P(reference > method) as rliable defines it (per test
+    case, the chance that a reference run scores above a run of the method, ties half, averaged
+    over the test cases). A method's IQM / mean and their CIs do not depend on the other policy of
+    the call (seeded per policy). Returns {"scores", "cases", "rows" (``STATS_FIELDS``, best IQM
+    first), "notes", "reps", "reference"}."""
+    from agents.eval import stats as ST
+
+    reps = ST.DEFAULT_REPS if reps is None else reps
+    seed = ST.BOOTSTRAP_SEED if seed is None else seed
+    scores, cases, notes = dice_matrices(rows)
+    out = []
+    for m, s in scores.items():
+        nan = float("nan")
+        if m != reference and reference in scores:
+            by = {r["policy"]: r for r in ST.compute_stats({reference: scores[reference], m: s}, {reference: m},
+                                                           reps=reps, seed=seed, default_control=m)}
+            st, ref = by[m], by[reference]
+            p = (ref["p_improvement"], ref["p_ci_low"], ref["p_ci_high"])
+        else:  # the reference itself (or no reference run): IQM and mean only
+            st = ST.compute_stats({m: s}, reps=reps, seed=seed, default_control=m)[0]
+            p = (nan, nan, nan)
+        out.append({"method": m, "runs": st["runs"], "test_cases": st["episodes"],
+                    **{k: st[k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high", "mean", "mean_ci_low", "mean_ci_high")},
+                    "p_svl_drl_better": p[0], "p_ci_low": p[1], "p_ci_high": p[2]})
+    if scores and reference not in scores:
+        notes.append(f"no {reference} run: no P({reference} > method)")
+    out.sort(key=lambda r: -r["iqm"])
+    return {"scores": scores, "cases": cases, "rows": out, "notes": notes, "reps": reps, "reference": reference}
+
+
+def stats_markdown(res: dict) -> list[str]:
+    """The IQM table of ``rliable_stats`` (Markdown lines)."""
+    def ci(lo, hi, nd=3):
+        return "n/a" if not np.isfinite(lo) else f"[{lo:.{nd}f}, {hi:.{nd}f}]"
+
+    ref = res["reference"]
+    lines = ["", f"Test Dice over run seeds and test cases (rliable; P({ref} > method): the chance that a {ref} run "
+             "beats a run of the method on the same test case):", "",
+             f"| method | runs | test cases | Dice IQM [95 % CI] | Dice mean [95 % CI] | P({ref} > method) [95 % CI] |",
+             "|:---|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        p = "—" if not np.isfinite(r["p_svl_drl_better"]) else \
+            f"{r['p_svl_drl_better']:.2f} {ci(r['p_ci_low'], r['p_ci_high'], 2)}"
+        lines.append(f"| {r['method']} | {r['runs']} | {r['test_cases']} | {r['iqm']:.3f} "
+                     f"{ci(r['iqm_ci_low'], r['iqm_ci_high'])} | {r['mean']:.3f} "
+                     f"{ci(r['mean_ci_low'], r['mean_ci_high'])} | {p} |")
+    lines += ["", "IQM: the mean of the middle 50 % of all runs × test cases Dice scores. CIs: rliable's stratified "
+              f"bootstrap over runs and test cases ({res['reps']} resamples, seeded; agents/eval/stats.py). "
+              f"P({ref} > method): rliable's probability of improvement with {ref} as the policy and the method as "
+              f"its control (per test case, Mann-Whitney P({ref} run > method run), ties half, averaged over the "
+              "test cases); 0.5 = no difference, above 0.5 = svl-drl better. Its CI resamples the runs of both "
+              "within each test case: n/a when both have one run."]
+    lines += [f"- {n}" for n in res["notes"]]
+    return lines
+
+
+def write_stats_files(res: dict, out) -> dict:
+    """``<out stem>_stats.md``, ``<out stem>_stats.csv`` and ``<out stem>_performance_profile.png``
+    next to ``out`` (the benchmark's Markdown file). Returns their paths."""
+    import csv
+
+    from agents.common.checkpoint import atomic_write
+    from agents.eval import stats as ST
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"stats_md": out.with_name(out.stem + "_stats.md"), "stats_csv": out.with_name(out.stem + "_stats.csv"),
+             "profile_png": out.with_name(out.stem + "_performance_profile.png")}
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=STATS_FIELDS)
+            w.writeheader()
+            w.writerows(res["rows"])
+
+    atomic_write(paths["stats_csv"], write_csv)
+    md = "\n".join(stats_markdown(res)[1:]) + "\n"
+    atomic_write(paths["stats_md"], lambda tmp: Path(tmp).write_text(md))
+    order = [r["method"] for r in res["rows"]]
+    if order:
+        sc = res["scores"]
+        profiles, cis = ST.performance_profiles({m: sc[m] for m in order}, reps=res["reps"])
+        ST.plot_performance_profile(profiles, cis, paths["profile_png"], runs={m: sc[m].shape[0] for m in order})
+    else:  # nothing to plot: no stale profile of an earlier run next to these files
+        paths.pop("profile_png").unlink(missing_ok=True)
+    return paths
 
 
 def _fmt(x, nd=4):
@@ -324,7 +479,17 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs in --workdir (report.json present)")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="every run's --precision (auto: bf16 where the CPU has native bf16)")
+    ap.add_argument("--stats-reps", type=int, default=2000,
+                    help="bootstrap resamples of the rliable statistics (agents/eval/stats.py's default 2000; "
+                         "P(svl-drl > method)'s bootstrap takes about a minute per method with 8 runs x 64 cases)")
+    ap.add_argument("--stats-from", metavar="JSON",
+                    help="no training: recompute the statistics files from a benchmark JSON (written next to --out)")
     args = parse_with_preset(ap, argv)
+    if args.stats_from:
+        res = rliable_stats(json.loads(Path(args.stats_from).read_text())["rows"], reps=args.stats_reps)
+        print("\n".join(stats_markdown(res)))
+        print("statistics: " + ", ".join(str(p) for p in write_stats_files(res, args.out).values()))
+        return 0
     data_opts = phantom_options(ap, args)
     print(f"phantom data{' (preset ' + args.preset + ')' if args.preset else ''}: families "
           f"{','.join(data_opts['families'])}, modalities {','.join(data_opts['modalities'])}, "
@@ -418,7 +583,7 @@ def main(argv=None) -> int:
             test = _test_scores(rd, work / "data", work / "clean_labelsTs")
             ev = rep.get("eval", {})
             runs.append({"seed": sd, "test": {k: test[k] for k in ("dice", "iou", "hd95", "asd")},
-                         "test_per_case_dice": test["per_case"]["dice"],
+                         "test_per_case_dice": test["per_case"]["dice"], "test_cases": test["cases"],
                          "refined_train_dice": ev.get("refined_labels", {}).get("dice"),
                          "model_train_dice": ev.get("model_on_training_images", {}).get("dice"),
                          "label_rounds": ev.get("rounds"), "refined_from": rep.get("refined_labels_from"),
@@ -430,7 +595,9 @@ def main(argv=None) -> int:
             why = [status[j]["log"] for j in failed]
             if m in missing_ref:
                 why.append(f"no {MATCHED[m]} run for seed(s) {', '.join(map(str, missing_ref[m]))}")
-            rows.append({"method": m, "failed": True, "log": ", ".join(why)})
+            # the finished runs stay (the statistics keep them, with a note); the table marks the method failed
+            rows.append({"method": m, "failed": True, "log": ", ".join(why), "runs": runs,
+                         "failed_seeds": sorted(set(seeds) - {r["seed"] for r in runs})})
             continue
 
         def mean(get):
@@ -472,6 +639,8 @@ def main(argv=None) -> int:
                      f"{_fmt(t['asd'], 2)} | {_fmt(r['refined_train_dice'])} | {_fmt(r['model_train_dice'])} | "
                      f"{r['updates']:.0f} |")
     lines += _paired_lines(rows)
+    stats = rliable_stats(rows, reps=args.stats_reps)
+    lines += stats_markdown(stats)
     lines += ["", "\"training labels out\": the pipeline's `refined_labels/` (svl-drl: the label agents' last "
               "round; self-training: the model's predictions of the last round, accepted per case; noisy, "
               "co-teaching, TriNet, clean: the model's predictions on the training images). "
@@ -490,7 +659,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps({"dataset": data_summary, "args": vars(args), "rows": rows,
-                                                    "total_wall_min": total_min}, indent=1, default=str))
+                                                    "total_wall_min": total_min, "test_cases": stats["cases"],
+                                                    "stats": stats["rows"]}, indent=1, default=str))
+    files = write_stats_files(stats, out)
+    print("statistics: " + ", ".join(str(p) for p in files.values()), flush=True)
     return 0 if not any(r.get("failed") for r in rows) else 1
 
 

@@ -54,8 +54,9 @@ DEFAULT_TRAIN: dict = {
     "agent_encoder_grad": False,
     # acceptance of the agents' proposals after each round (label_refinement.accept_proposals):
     # "consensus" (an edit stands where the segmentation decoder agrees; needs no clean cases),
-    # "zscore" (a case's edit must stand out from the other cases'; the previous default, which
-    # assumes that most cases are clean) or "all"; accept_z: the zscore rule's threshold
+    # "average" (the mean of the agents' and the decoder's foreground probabilities), "zscore" (a
+    # case's edit must stand out from the other cases'; the previous default, which assumes that
+    # most cases are clean) or "all"; accept_z: the zscore rule's threshold
     "accept": "consensus", "accept_z": 1.0,
     "refine_from": "given", "agent_target": "given",
     "reward_weights": None,

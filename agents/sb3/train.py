@@ -60,7 +60,9 @@ POLICY_KEYS = ("backbone", "width", "depth", "keep_bias", "reduction")
 #: ~40 MB per sample in backward: peak RSS 1.3 GB at 20, 2.1 GB at 40, see
 #: benchmarks/sb3_memory.py); 2 PPO epochs (each epoch is a full forward-backward of the
 #: rollout: with 3 epochs of 10 steps one update took > 2 minutes on 2 cores); PixelRL's
-#: gamma = 0.95 and per-voxel entropy beta = 0.01.
+#: gamma = 0.95 and per-voxel entropy beta = 0.01. A search at the quick benchmark's budget
+#: (benchmarks/sb3_search.py, README "Tuning SB3 PPO") found no setting that beats the annotation
+#: (learning rate, entropy, n_steps, minibatch, epochs, envs, keep bias, reward scaling): unchanged.
 DEFAULTS = {
     "ppo": dict(learning_rate=3e-4, n_steps=5, batch_size=20, n_epochs=2, gamma=0.95, gae_lambda=0.95,
                 ent_coef=0.01, vf_coef=0.5, clip_range=0.2, max_grad_norm=0.5),

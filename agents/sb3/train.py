@@ -60,7 +60,9 @@ POLICY_KEYS = ("backbone", "width", "depth", "keep_bias", "reduction")
 #: ~40 MB per sample in backward: peak RSS 1.3 GB at 20, 2.1 GB at 40, see
 #: benchmarks/sb3_memory.py); 2 PPO epochs (each epoch is a full forward-backward of the
 #: rollout: with 3 epochs of 10 steps one update took > 2 minutes on 2 cores); PixelRL's
-#: gamma = 0.95 and per-voxel entropy beta = 0.01.
+#: gamma = 0.95 and per-voxel entropy beta = 0.01. A search at the quick benchmark's budget
+#: (benchmarks/sb3_search.py, README "Tuning SB3 PPO") found no setting that beats the annotation
+#: (learning rate, entropy, n_steps, minibatch, epochs, envs, keep bias, reward scaling): unchanged.
 DEFAULTS = {
     "ppo": dict(learning_rate=3e-4, n_steps=5, batch_size=20, n_epochs=2, gamma=0.95, gae_lambda=0.95,
                 ent_coef=0.01, vf_coef=0.5, clip_range=0.2, max_grad_norm=0.5),
@@ -286,7 +288,8 @@ def split_config(algo: str, config: dict) -> tuple[dict, dict]:
 def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None = None,
               timesteps: int | None = None, cpu_minutes: float | None = None, seed: int = 0, out=None,
               progress: bool = True, num_envs: int = 8, resume=None, checkpoint_every: int | None = 50,
-              obs_dtype=np.float32, precision: str | None = None, init_from=None, **config) -> SB3Policy:
+              obs_dtype=np.float32, precision: str | None = None, init_from=None, reward_scale: float | None = None,
+              normalize_reward: bool | None = None, callbacks=(), **config) -> SB3Policy:
     """Train PPO or A2C with the voxel policy; returns the trained ``SB3Policy``.
 
     Args:
@@ -306,6 +309,13 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
             (``agents.common.precision``; weights, optimiser and losses stay float32).
         init_from: warm start from a ``supervised`` / vA3C / voxel-PPO checkpoint or run folder:
             the policy takes its backbone config, backbone and policy head (``agents.sb3.warm_start``).
+        reward_scale: multiply the rewards SB3 sees by this constant (``svl_env.wrappers.VectorScaleReward``;
+            default 1). PPO normalises advantages per minibatch, so this moves only the value loss
+            against the policy loss; A2C's policy gradient scales with it.
+        normalize_reward: divide the rewards by the running std of the discounted return
+            (``svl_env.wrappers.VectorNormalizeReward``, gamma = the algorithm's; default False).
+            A resumed run takes both from its config.json unless given.
+        callbacks: extra SB3 callbacks, run after the trainer's own (budget, logging, checkpoints).
         **config: SB3 hyper-parameters (learning_rate, n_steps, batch_size, n_epochs, gamma,
             gae_lambda, ent_coef, vf_coef, clip_range, max_grad_norm, ...) and policy options
             (backbone, width, depth, keep_bias, reduction); defaults in ``DEFAULTS``.
@@ -343,7 +353,16 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
         out = resume_zip.parent
     run_dir = Path(out) if out is not None else None
 
-    venv = SB3VecEnv(env, num_envs, obs_dtype=obs_dtype)
+    if resume_zip is not None:  # a resumed run keeps the reward it was trained on unless told otherwise
+        before = _read_config(resume_zip.parent)
+        reward_scale = before.get("reward_scale") if reward_scale is None else reward_scale
+        normalize_reward = before.get("normalize_reward") if normalize_reward is None else normalize_reward
+    reward_scale = 1.0 if reward_scale is None else float(reward_scale)
+    normalize_reward = bool(normalize_reward)
+    if not reward_scale > 0:
+        raise ValueError(f"reward_scale must be > 0, got {reward_scale}")
+    venv = SB3VecEnv(env=_reward_wrapped(env, num_envs, reward_scale, normalize_reward, float(algo_kw["gamma"])),
+                     obs_dtype=obs_dtype)
     n_steps = int(algo_kw["n_steps"])
     if timesteps is None and minutes is None:
         timesteps = DEFAULT_UPDATES * n_steps * venv.num_envs
@@ -371,6 +390,7 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
         cfg = {"agent": algo, "precision": precision, "env_kwargs": env.to_json(strict=False), "seed": seed,
                "num_envs": venv.num_envs, "algo_kwargs": _jsonable(algo_kw), "policy_kwargs": _jsonable(pol_kw),
                "minutes": minutes, "clock": clock, "timesteps": timesteps,
+               "reward_scale": reward_scale, "normalize_reward": normalize_reward,
                "obs_dtype": np.dtype(obs_dtype).name, "resumed_from": str(resume_zip) if resume_zip else None,
                "init_from": _init_record(init),
                "note": TRUST_NOTE}
@@ -385,7 +405,7 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
     try:
         # Ctrl-C: the callback ends learn() at the next env step, the final model.zip is written below
         with graceful_sigint(lambda: setattr(cb, "interrupted", True), lambda: cb.interrupted):
-            model.learn(total_timesteps=total, callback=CallbackList([cb]), log_interval=1,
+            model.learn(total_timesteps=total, callback=CallbackList([cb, *callbacks]), log_interval=1,
                         reset_num_timesteps=resume_zip is None)
     finally:
         model.logger.close()
@@ -395,6 +415,30 @@ def train_sb3(algo: str, env_kwargs: EnvConfig | dict, *, minutes: float | None 
     if cb.interrupted:
         raise KeyboardInterrupt
     return SB3Policy(model)
+
+
+def _reward_wrapped(env: EnvConfig, num_envs: int, scale: float, normalize: bool, gamma: float):
+    """The native vector env (SAME_STEP autoreset, numpy outputs) with the reward wrappers asked for."""
+    from gymnasium.vector import AutoresetMode
+
+    from svl_env import SVLDRLVectorEnv
+    from svl_env.wrappers import VectorNormalizeReward, VectorScaleReward
+
+    if env.return_tensors:
+        raise ValueError("SB3 needs numpy outputs (return_tensors=False)")
+    venv = SVLDRLVectorEnv(num_envs, config=env.replace(autoreset_mode=AutoresetMode.SAME_STEP))
+    if scale != 1.0:
+        venv = VectorScaleReward(venv, scale)
+    if normalize:
+        venv = VectorNormalizeReward(venv, gamma=gamma)
+    return venv
+
+
+def _read_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _resume_zip(resume) -> Path:

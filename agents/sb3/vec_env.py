@@ -46,7 +46,9 @@ class SB3VecEnv(VecEnv):
         env_kwargs: keyword arguments of ``SVLDRLVectorEnv`` (data, patch_size, noise, ...) or an
             ``EnvConfig``, used when ``env`` is not given.
         num_envs: number of environments n.
-        env: an existing ``SVLDRLVectorEnv`` in ``AutoresetMode.SAME_STEP`` (numpy outputs).
+        env: an existing ``SVLDRLVectorEnv`` in ``AutoresetMode.SAME_STEP`` (numpy outputs), or a
+            ``gymnasium.vector.VectorWrapper`` around one (e.g. ``svl_env.wrappers.VectorScaleReward``):
+            steps and resets go through the wrapper, attributes come from the native env.
         obs_dtype: dtype of observations handed to SB3 (float32, or float16 to halve the
             rollout buffer).
 
@@ -62,14 +64,18 @@ class SB3VecEnv(VecEnv):
             if cfg.return_tensors:
                 raise ValueError("SB3VecEnv needs numpy outputs (return_tensors=False)")
             env = SVLDRLVectorEnv(num_envs, config=cfg.replace(autoreset_mode=AutoresetMode.SAME_STEP))
-        elif env.autoreset_mode != AutoresetMode.SAME_STEP or env.return_tensors:
+        native = env.unwrapped
+        if not isinstance(native, SVLDRLVectorEnv):
+            raise ValueError(f"SB3VecEnv needs an SVLDRLVectorEnv (or a wrapper of one), got {type(native).__name__}")
+        if native.autoreset_mode != AutoresetMode.SAME_STEP or native.return_tensors:
             raise ValueError("SB3VecEnv needs an SVLDRLVectorEnv with autoreset_mode=SAME_STEP and numpy outputs")
-        self.venv = env
+        self.venv = env  # what is stepped: the native env or a wrapper around it
+        self.native = native  # its attributes (patch shape, action names, state tensors)
         self.obs_dtype = np.dtype(obs_dtype)
         if self.obs_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
             raise ValueError(f"obs_dtype must be float32 or float16, got {self.obs_dtype}")
-        self.patch_shape = tuple(env.patch_shape)
-        self.n_actions = len(env.action_names)
+        self.patch_shape = tuple(native.patch_shape)
+        self.n_actions = len(native.action_names)
         n_vox = int(np.prod(self.patch_shape))
         obs_space = spaces.Box(0.0, 1.0, env.single_observation_space.shape, self.obs_dtype)
         act_dtype = np.int8 if self.n_actions <= 127 else np.int16
@@ -130,14 +136,14 @@ class SB3VecEnv(VecEnv):
         self.venv.close()
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        value = getattr(self.venv, attr_name)
+        value = getattr(self._owner(attr_name), attr_name)
         return [value for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        setattr(self.venv, attr_name, value)
+        setattr(self._owner(attr_name), attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        result = getattr(self._owner(method_name), method_name)(*method_args, **method_kwargs)
         idx = list(self._get_indices(indices))
         if isinstance(result, (list, tuple)) and len(result) == self.num_envs:
             return [result[i] for i in idx]
@@ -148,12 +154,17 @@ class SB3VecEnv(VecEnv):
 
     def get_images(self) -> Sequence[np.ndarray | None]:
         """One ``rgb_array`` frame per env (orthogonal slices), whatever the env's render_mode."""
-        s = self.venv.state_tensors()
+        s = self.native.state_tensors()
         truth = s.get("truth")
         return [render_frame(s["image"][i], s["mask"][i], s["annotation"][i], None if truth is None else truth[i])
                 for i in range(self.num_envs)]
 
     # -------------------------------------------------------------- helpers
+    def _owner(self, name: str):
+        """The wrapper when it has ``name`` itself, else the native env (gymnasium's vector
+        wrappers do not forward attributes)."""
+        return self.venv if self.venv is self.native or hasattr(self.venv, name) else self.native
+
     def _split_info(self, info: dict, rows: np.ndarray) -> list[dict]:
         """Gymnasium's vector info (arrays + ``_key`` masks) -> SB3's list of per-env dicts.
 

@@ -179,3 +179,58 @@ def test_cli_train_ppo(tmp_path):
                "--max-steps", "2", "--out", str(out), "--no-progress"])
     assert rc == 0 and (out / "model.zip").is_file()
     assert main(["train", "--agent", "a2c", "--updates", "1", "--workers", "2", "--out", str(out)]) == 2
+
+
+# ------------------------------------------------------------ reward wrappers
+def test_adapter_steps_a_reward_wrapper():
+    from types import SimpleNamespace
+
+    from gymnasium.vector import AutoresetMode
+
+    from svl_env import EnvConfig, SVLDRLVectorEnv
+    from svl_env.wrappers import VectorScaleReward
+
+    cfg = EnvConfig.from_any(ENV).replace(autoreset_mode=AutoresetMode.SAME_STEP)
+    plain = SB3VecEnv(env=SVLDRLVectorEnv(2, config=cfg))
+    scaled = SB3VecEnv(env=VectorScaleReward(SVLDRLVectorEnv(2, config=cfg), 10.0))
+    assert scaled.native is scaled.venv.unwrapped and scaled.patch_shape == (8, 8, 8)
+    assert scaled.get_attr("max_steps") == [3, 3]  # attributes come from the native env
+    for v in (plain, scaled):
+        v.seed(5)
+        v.reset()
+    a = np.zeros((2, 512), np.int8)
+    a[:, ::7] = 1  # the same edits in both
+    for _ in range(3):
+        _, r0, d0, i0 = plain.step(a)
+        _, r1, d1, i1 = scaled.step(a)
+        np.testing.assert_allclose(r1, 10.0 * r0, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(i1[0]["reward_map"], 10.0 * i0[0]["reward_map"], rtol=1e-5, atol=1e-8)
+    assert d1.all() and i1[0]["episode"]["r"] == pytest.approx(10.0 * i0[0]["episode"]["r"], rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="SVLDRLVectorEnv"):
+        SB3VecEnv(env=SimpleNamespace(unwrapped=object()))  # not the project's env underneath
+    plain.close()
+    scaled.close()
+
+
+def test_train_reward_options_and_callbacks(tmp_path):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Count(BaseCallback):
+        rollouts = 0
+
+        def _on_step(self):
+            return True
+
+        def _on_rollout_end(self):
+            Count.rollouts += 1
+
+    out = tmp_path / "run"
+    train_sb3("ppo", ENV, timesteps=6, num_envs=2, out=out, progress=False, batch_size=3, n_epochs=1,
+              reward_scale=10.0, normalize_reward=True, callbacks=[Count()], **TINY)
+    import json
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["reward_scale"] == 10.0 and cfg["normalize_reward"] is True
+    assert Count.rollouts == 1
+    with pytest.raises(ValueError, match="reward_scale"):
+        train_sb3("ppo", ENV, timesteps=6, num_envs=2, progress=False, reward_scale=0.0, **TINY)

@@ -51,12 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "three; 'transition full' is the no-Warmup ablation)")
     p.add_argument("--rounds", type=int, default=None,
                    help="label-refinement rounds in Full RL (svl-drl, self-training; default 3)")
-    p.add_argument("--accept", choices=("consensus", "average", "zscore", "all"), default=None,
-                   help="svl-drl, self-training: which proposed edits become training labels after a round: "
-                        "consensus (default; an edit stands where the segmentation decoder agrees with it, "
-                        "no clean cases needed), average (the mean of the agents' and the decoder's foreground "
-                        "probabilities, > 0.5), zscore (a case's edit must stand out from the other cases'; "
-                        "assumes most cases are clean) or all")
+    p.add_argument("--accept", choices=("average", "consensus", "zscore", "all"), default=None,
+                   help="svl-drl, self-training: how a round's proposals become training labels: average "
+                        "(default; the mean of the agents' and the segmentation decoder's foreground probabilities "
+                        "> 0.5), consensus (a greedy edit stands only where the decoder agrees; better test Dice, "
+                        "refined labels hardly change), zscore (a case's edit must stand out from the other "
+                        "cases'; assumes most cases are clean) or all; README 'Realistic phantoms'")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
                         "(keep / enhance / weaken; default 4; 0 = off)")

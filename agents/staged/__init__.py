@@ -6,10 +6,10 @@ One network -- a shared 3D encoder with a segmentation, a value and a policy dec
     Warmup      L = L_dice                                   on the given labels
     Transition  L = (1 - λ) L_dice + λ L_value               + label-agent episodes (critic only)
     Full RL     L = (1 - α - β) L_dice + α L_value + β L_policy, in rounds; after each round the
-                label agents propose edits of every given annotation, an edit is accepted where
-                the segmentation decoder agrees with it (``accept``; no clean cases assumed),
-                and the result is the next round's training labels (the dynamic iterative
-                update); every 4th update is an intensity-agent episode
+                label agents give their foreground probability on every given annotation, it is
+                pooled with the segmentation decoder's (``accept``; no clean cases assumed), and
+                the result is the next round's training labels (the dynamic iterative update);
+                every 4th update is an intensity-agent episode
 
 The label agents' value and policy losses train their decoders, not the shared encoder
 (``agent_encoder_grad``, off by default: measured, sending them into the encoder cost test

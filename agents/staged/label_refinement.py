@@ -25,14 +25,15 @@ more by the project's own noise protocol -- using the image and the model's cons
 edit that undoes one application of the noise moves G towards the truth, as long as the noise
 does not favour one direction (MT-Noise dilates or erodes with p = 0.5): the Noisier2Noise
 argument (Moran et al. 2020) carried over to labels. No case needs to be clean. Per voxel those
-edits are weak, so at the end of each round (``refine_labels``) the agents propose edits of
-every given annotation (``propose_labels``) and ``accept_proposals`` keeps an edit only where
-the segmentation decoder, trained on every case, agrees with it (``accept="consensus"``, the
-default). The previous rule (``accept="zscore"``) accepted a case's edits when its net edit
-stood out from the other cases' -- which assumes that most cases are clean: with every case
-noisy it accepted 0-2 of 12 (the real-anatomy check of issue 16). On the phantom benchmark
-with half the cases clean it kept the clean annotations untouched (without any gate the
-agents' edits took them from Dice 1.00 to 0.86-0.92).
+edits are weak, so at the end of each round (``refine_labels``) the agents give their
+foreground probability for every given annotation (``propose_labels``) and
+``accept_proposals`` pools it with the segmentation decoder's (``accept="average"``, the
+default; ``"consensus"`` keeps a greedy edit only where the decoder agrees). The previous rule
+(``accept="zscore"``) accepted a case's edits when its net edit stood out from the other cases'
+-- which assumes that most cases are clean: with every case noisy it accepted 0-2 of 12 (the
+real-anatomy check of issue 16). On the phantom benchmark with half the cases clean it kept
+the clean annotations untouched (without any gate the agents' edits took them from Dice 1.00
+to 0.86-0.92).
 """
 
 from __future__ import annotations
@@ -263,17 +264,17 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
     proposed label is where it is > 0.5); probs: the segmentation decoder's foreground
     probability per case, (D, H, W) in [0, 1]. ``cfg["accept"]`` picks the rule (``ACCEPT_RULES``):
 
-    - ``"consensus"`` (default): an edited voxel is kept where the proposal agrees with the
-      segmentation decoder (probability > 0.5 for a voxel the proposal adds, <= 0.5 for one it
-      removes); every other voxel keeps its label. Two estimators trained on different signals
-      -- the agents on the reward against the (re-corrupted) given labels, the decoder on the
-      labels of every case -- must agree before a label changes. Nothing is compared across
-      cases, so it works when every case is noisy: no clean peers are assumed.
-    - ``"average"``: the label becomes ``(p_proposer + p_decoder) / 2 > 0.5``, the mean of the
-      two estimators' foreground probabilities (with a bool proposal, 0 or 1): where they
-      disagree the more confident one wins. The agents' probability already holds the given
-      label through its ``keep`` action, so a confident ``keep`` outvotes an unsure decoder.
-      Nothing is compared across cases either.
+    - ``"average"`` (default): the label becomes ``(p_proposer + p_decoder) / 2 > 0.5``, the
+      mean of the two estimators' foreground probabilities (a bool proposal counts as 0 or 1):
+      where they disagree the more confident one wins. The agents' probability already holds
+      the given label through its ``keep`` action, so a confident ``keep`` outvotes an unsure
+      decoder. Two estimators trained on different signals -- the agents on the reward against
+      the (re-corrupted) given labels, the decoder on the labels of every case -- are pooled.
+      Nothing is compared across cases, so it works when every case is noisy.
+    - ``"consensus"``: an edited voxel is kept where the proposal agrees with the segmentation
+      decoder (probability > 0.5 for a voxel the proposal adds, <= 0.5 for one it removes);
+      every other voxel keeps its label. Stricter: with the greedy proposals of barely trained
+      agents it changes almost nothing.
     - ``"zscore"``: the previous default, per case: the net edit ``(|proposal| - |label|) /
       |boundary band|`` must stand out from the other cases' (robust z-score >= ``accept_z``)
       and point the way the decoder disagrees with that label (the signed ``consensus_gap``,
@@ -290,7 +291,7 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
 
     from agents.staged.model import consensus_gap
 
-    rule = cfg.get("accept", "consensus")
+    rule = cfg.get("accept", "average")
     if rule not in ACCEPT_RULES:
         raise ValueError(f"unknown acceptance rule {rule!r}; choose from {', '.join(ACCEPT_RULES)}")
     soft = [np.asarray(p, dtype=np.float32) for p in proposals]
@@ -335,5 +336,6 @@ def refine_labels(model: StagedNet, training_set, *, cfg: dict, device="cpu",
     labels, proposals, probs = propose_labels(model, training_set, max_steps=cfg["agent_steps"],
                                               confidence=cfg["refine_confidence"], window=cfg["window"],
                                               start=cfg["refine_from"], device=device,
-                                              probability=cfg.get("accept") == "average", progress=progress)
+                                              probability=cfg.get("accept", "average") == "average",
+                                              progress=progress)
     return accept_proposals(labels, proposals, probs, cfg)

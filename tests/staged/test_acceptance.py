@@ -36,7 +36,7 @@ def _dice(a, b):
 
 def test_consensus_rule_edits_every_case_when_every_case_is_noisy():
     truths, labels, proposals, probs = _all_noisy()
-    out, info = accept_proposals(labels, proposals, probs, make_train_config())  # the default rule
+    out, info = accept_proposals(labels, proposals, probs, make_train_config(accept="consensus"))
     assert info["rule"] == "consensus"
     assert info["n_accepted"] == len(labels)
     for o, t, lab in zip(out, truths, labels):
@@ -56,8 +56,10 @@ def test_zscore_rule_needs_clean_peers():
     out, info = accept_proposals(labels, proposals, probs, make_train_config(accept="zscore"))
     assert info["n_accepted"] == 0
     assert all(np.array_equal(o, lab) for o, lab in zip(out, labels))
-    out, info = accept_proposals(labels, proposals, probs, make_train_config())
-    assert info["n_accepted"] == len(labels)
+    for rule in ("consensus", "average"):  # the peer-free rules edit every case
+        out, info = accept_proposals(labels, proposals, probs, make_train_config(accept=rule))
+        assert info["n_accepted"] == len(labels)
+    assert make_train_config()["accept"] == "average"
 
 
 def test_consensus_rule_keeps_edits_the_decoder_disputes():
@@ -66,7 +68,7 @@ def test_consensus_rule_keeps_edits_the_decoder_disputes():
     probs[0] = np.where(labels[0], 0.9, 0.1).astype(np.float32)
     # the proposal for case 1 also adds a far-away voxel the decoder does not see
     proposals[1][0, 0, 0] = True
-    out, info = accept_proposals(labels, proposals, probs, make_train_config())
+    out, info = accept_proposals(labels, proposals, probs, make_train_config(accept="consensus"))
     assert np.array_equal(out[0], labels[0])
     assert not out[1][0, 0, 0] and _dice(out[1], truths[1]) == 1.0
     assert info["accepted"] == [1]

@@ -83,7 +83,7 @@ METHODS = {  # name -> (pipeline args, uses clean training labels)
     "svl-drl": (["--method", "svl-drl"], False),
     "svl-drl (no Warmup)": (["--method", "svl-drl", "--stages", "transition", "full"], False),
     "svl-drl (no intensity agents)": (["--method", "svl-drl", "--intensity-every", "0"], False),
-    "svl-drl (accept average)": (["--method", "svl-drl", "--accept", "average"], False),
+    "svl-drl (accept consensus)": (["--method", "svl-drl", "--accept", "consensus"], False),
     "svl-drl (accept zscore)": (["--method", "svl-drl", "--accept", "zscore"], False),
     "svl-drl (agents train the encoder)": (["--method", "svl-drl", "--agents-train-encoder"], False),
     "clean (upper bound)": (["--method", "noisy"], True),

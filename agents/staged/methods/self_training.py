@@ -13,10 +13,10 @@ At the end of each round the candidate labels are the segmentation decoder's own
 on the training images (foreground probability > 0.5, the same sliding window as svl-drl's
 refinement) instead of the label agents' edits. They pass through the same acceptance step as
 the agents' proposals (``label_refinement.accept_proposals`` with the same ``accept`` rule,
-against the labels being refined -- the given ones, ``refine_from``). Under the default
-``consensus`` rule every voxel where the prediction differs from the label is accepted (the
-candidate *is* the decoder's prediction), so self-training then trains each round on its own
-predictions; under ``zscore`` a case's prediction is taken only where it stands out. The
+against the labels being refined -- the given ones, ``refine_from``). Under the ``average``
+(default) and ``consensus`` rules every voxel where the prediction differs from the label is
+accepted (the candidate *is* the decoder's prediction), so self-training then trains each
+round on its own predictions; under ``zscore`` a case's prediction is taken only where it stands out. The
 accepted result becomes the next round's training labels
 (``TrainingSet.set_current``). The output labels are the last round's (made with the
 weight-averaged model at the end of the budget, as svl-drl's are).

@@ -23,3 +23,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: the module of ``benchmarks/<name>.py`` (scripts, not a package), loaded once."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    cache = {}
+
+    def load(name: str):
+        if name not in cache:
+            spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", root / f"{name}.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            cache[name] = mod
+        return cache[name]
+
+    return load

@@ -4,24 +4,14 @@ per-case scores: no training, no data."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 REPS = 50  # enough for these checks; the benchmark's default is 2000
 CASES = [f"phantom_ts_{i:03d}" for i in range(4)]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("_staged_stats", ROOT / "benchmarks" / "staged_pipeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(seed, dice, cases=CASES):
@@ -36,8 +26,8 @@ def _rows(seed=0):
     return [{"method": m, "runs": [_run(sd, g.uniform(lo, hi, 4)) for sd in (0, 1)]} for m, (lo, hi) in base.items()]
 
 
-def test_matrices_stats_and_improvement():
-    b = _bench()
+def test_matrices_stats_and_improvement(benchmark_script):
+    b = benchmark_script("staged_pipeline")
     rows = _rows()
     res = b.rliable_stats(rows, reps=REPS)
     assert set(res["scores"]) == {"svl-drl", "noisy", "coteaching"} and res["cases"] == CASES
@@ -60,8 +50,8 @@ def test_matrices_stats_and_improvement():
     assert {r["method"]: r for r in b.rliable_stats(rows, reps=REPS)["rows"]}["noisy"]["p_svl_drl_better"] == 0.0
 
 
-def test_case_order_failed_runs_and_old_json():
-    b = _bench()
+def test_case_order_failed_runs_and_old_json(benchmark_script):
+    b = benchmark_script("staged_pipeline")
     rows = _rows()
     # a run that lists the test cases in another order lines up by name
     run = rows[1]["runs"][1]
@@ -86,8 +76,8 @@ def test_case_order_failed_runs_and_old_json():
     assert "no per-case" in "\n".join(b.stats_markdown(res))
 
 
-def test_stats_files_and_stats_from_json(tmp_path):
-    b = _bench()
+def test_stats_files_and_stats_from_json(tmp_path, benchmark_script):
+    b = benchmark_script("staged_pipeline")
     js = tmp_path / "bench.json"
     js.write_text(json.dumps({"rows": _rows()}))
     out = tmp_path / "res" / "bench.md"

@@ -4,9 +4,7 @@ of a few updates, a 4-channel U-Net, one thread."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ import torch
 from agents.cli import main
 from test_pipeline import FAST, SHAPES, _make_folder
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = {"patch": 16}
 MODEL = {"width": 4}
 
@@ -168,17 +165,10 @@ def test_zscore_acceptance_keeps_the_typical_case_and_takes_the_outlier():
 # -- the benchmark's update-matched noisy row
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("_staged_bench", ROOT / "benchmarks" / "staged_pipeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_benchmark_rows_and_the_update_count_helper(tmp_path):
+def test_benchmark_rows_and_the_update_count_helper(tmp_path, benchmark_script):
     from agents.staged.methods import METHODS
 
-    b = _benchmark()
+    b = benchmark_script("staged_pipeline")
     row = "noisy (updates matched to svl-drl)"
     for m in ("trinet", "self-training", row):
         assert m in b.METHODS and m in b.DEFAULT_METHODS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -11,15 +10,6 @@ import numpy as np
 import pytest
 
 import svl_env.data.phantom as phantom
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _staged():
-    spec = importlib.util.spec_from_file_location("_staged_pipeline", ROOT / "benchmarks" / "staged_pipeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _recording(monkeypatch):
@@ -42,8 +32,8 @@ def _load(path):
 
 
 @pytest.mark.parametrize("spacing", [(1, 1, 2), (2, 1, 3)])
-def test_spacing_block_averages_and_writes_the_affine(tmp_path, monkeypatch, spacing):
-    sp = _staged()
+def test_spacing_block_averages_and_writes_the_affine(tmp_path, monkeypatch, spacing, benchmark_script):
+    sp = benchmark_script("staged_pipeline")
     calls = _recording(monkeypatch)
     s = sp.make_phantom_dataset(tmp_path, n_train=2, n_test=1, seed=3, size=(8, 10), families=["folded"],
                                 noise="mt", noise_ratio=1.0, spacing=spacing)
@@ -69,8 +59,8 @@ def test_spacing_block_averages_and_writes_the_affine(tmp_path, monkeypatch, spa
             np.testing.assert_allclose(nn.affine, np.diag([*map(float, spacing), 1.0]))
 
 
-def test_default_spacing_writes_what_it_always_wrote(tmp_path, monkeypatch):
-    sp = _staged()
+def test_default_spacing_writes_what_it_always_wrote(tmp_path, monkeypatch, benchmark_script):
+    sp = benchmark_script("staged_pipeline")
     calls = _recording(monkeypatch)
     sp.make_phantom_dataset(tmp_path, n_train=1, n_test=1, seed=0, size=(8, 9), noise="none", noise_ratio=0.0)
     img, nimg = _load(tmp_path / "data" / "imagesTs" / "phantom_ts_000.nii.gz")
@@ -88,8 +78,8 @@ def _parser(sp):
     return ap
 
 
-def test_preset_sets_defaults_and_flags_override():
-    sp = _staged()
+def test_preset_sets_defaults_and_flags_override(benchmark_script):
+    sp = benchmark_script("staged_pipeline")
     ap = _parser(sp)
     args = sp.parse_with_preset(ap, ["--preset", "realistic", "--train", "3"], rename={"test": "test_cases"})
     assert (args.train, args.test_cases, args.noise_ratio) == (3, 16, 1.0)
@@ -106,10 +96,8 @@ def test_preset_sets_defaults_and_flags_override():
         assert exc.value.code == 2
 
 
-def test_plain_unet_accepts_the_data_options(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("_plain_unet", ROOT / "benchmarks" / "plain_unet.py")
-    pu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pu)
+def test_plain_unet_accepts_the_data_options(tmp_path, monkeypatch, benchmark_script):
+    pu = benchmark_script("plain_unet")
     seen = {}
 
     def fake_run(data, **kw):  # no training: only what main passes on

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agents.staged.harness import make_train_config
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_window_defaults_to_the_training_patch():
@@ -42,15 +38,8 @@ def test_pipeline_cli_passes_window(tmp_path, monkeypatch):
     assert seen["window"] == 40
 
 
-def _plain_unet():
-    spec = importlib.util.spec_from_file_location("_plain_unet", ROOT / "benchmarks" / "plain_unet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_plain_unet_patches_and_zscore():
-    pu = _plain_unet()
+def test_plain_unet_patches_and_zscore(benchmark_script):
+    pu = benchmark_script("plain_unet")
     img = np.arange(20 * 18 * 30, dtype=np.float32).reshape(20, 18, 30)
     z = pu.zscore(img)
     assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1.0) < 1e-4
@@ -60,12 +49,12 @@ def test_plain_unet_patches_and_zscore():
     assert set(np.unique(y)) <= {0.0, 1.0}
 
 
-def test_plain_unet_learns_a_bright_cube():
+def test_plain_unet_learns_a_bright_cube(benchmark_script):
     pytest.importorskip("monai")
     import torch
 
     torch.set_num_threads(1)
-    pu = _plain_unet()
+    pu = benchmark_script("plain_unet")
     g = np.random.default_rng(0)
     imgs, labs = [], []
     for _ in range(2):

@@ -57,9 +57,9 @@ DEFAULT_TRAIN: dict = {
     # agents' and the decoder's foreground probabilities > 0.5), "consensus" (an edit stands where
     # the decoder agrees), "zscore" (a case's edit must stand out from the other cases'; the
     # previous default, which assumes that most cases are clean) or "all"; accept_z: zscore's
-    # threshold. Measured (2 seeds each, README "Realistic phantoms"): refined labels vs truth
-    # average 0.756 / consensus 0.723 / zscore 0.723 (given 0.723; every label noisy) and 0.899 /
-    # 0.877 / 0.887 (given 0.879; half noisy); test Dice average 0.610 / 0.620 / 0.620 and
+    # threshold. Measured (README "Realistic phantoms"): refined labels vs truth average 0.754 /
+    # consensus 0.723 / zscore 0.724 (given 0.723; every label noisy; seeds 0-3) and 0.899 /
+    # 0.877 / 0.887 (given 0.879; half noisy; seeds 0-1); test Dice 0.600 / 0.610 / 0.611 and
     # 0.806 / 0.815 / 0.811: average is the one rule whose agents clean the labels, for ~0.01 Dice
     "accept": "average", "accept_z": 1.0,
     "refine_from": "given", "agent_target": "given",

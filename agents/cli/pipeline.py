@@ -25,6 +25,7 @@ METHOD_HELP = {  # one line per agents.staged.methods.METHODS entry (a test chec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from agents.common.precision import add_precision_argument
+    from agents.staged.label_refinement import ACCEPT_RULES
     from agents.staged.methods import METHODS
 
     p.add_argument("--data", required=True, metavar="DIR", help="Decathlon folder: imagesTr/ + noisy labelsTr/")
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "three; 'transition full' is the no-Warmup ablation)")
     p.add_argument("--rounds", type=int, default=None,
                    help="label-refinement rounds in Full RL (svl-drl, self-training; default 3)")
-    p.add_argument("--accept", choices=("average", "consensus", "zscore", "all"), default=None,
+    p.add_argument("--accept", choices=ACCEPT_RULES, default=None,
                    help="svl-drl, self-training: how a round's proposals become training labels: average "
                         "(default; the mean of the agents' and the segmentation decoder's foreground probabilities "
                         "> 0.5), consensus (a greedy edit stands only where the decoder agrees; better test Dice, "
@@ -99,19 +100,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{k.replace('_', '-')} must be > 0, got {v}")
     if args.updates is not None and args.updates < 1:
         raise ValueError(f"--updates must be >= 1, got {args.updates}")
-    config = {}
-    if args.rounds is not None:
-        config["rounds"] = args.rounds
-    if args.patch is not None:
-        config["patch"] = args.patch
-    if args.batch is not None:
-        config["batch"] = args.batch
-    if args.window is not None:
-        config["window"] = args.window
-    if args.accept is not None:
-        config["accept"] = args.accept
-    if args.intensity_every is not None:
-        config["intensity_every"] = args.intensity_every
+    # the training options given on the command line (None: the default or the fingerprint's)
+    config = {k: getattr(args, k) for k in ("rounds", "patch", "batch", "window", "accept", "intensity_every")
+              if getattr(args, k) is not None}
     if args.agents_train_encoder:
         config["agent_encoder_grad"] = True
     model_config = {"backbone": args.backbone}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from agents.common.budget import Budget, scheduled_lr
+from agents.common.windows import as_triple
 from agents.staged.data import TrainingSet
 from agents.staged.losses import LossWeights
 from agents.staged.model import StagedNet
@@ -136,8 +137,7 @@ def _size(v, what: str):
 
 def patch_shape(cfg: dict) -> tuple[int, int, int]:
     """The training patch of a config as (D, H, W) (``cfg["patch"]`` is an int or three ints)."""
-    p = cfg["patch"]
-    return tuple(int(x) for x in p) if isinstance(p, (list, tuple)) else (int(p),) * 3
+    return as_triple(cfg["patch"], "patch")
 
 
 class Clock:

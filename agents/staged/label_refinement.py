@@ -226,7 +226,7 @@ def robust_z(values) -> np.ndarray:
 
 
 #: acceptance rules of a refinement round (``accept_proposals``; ``make_train_config``'s ``accept``)
-ACCEPT_RULES = ("consensus", "average", "zscore", "all")
+ACCEPT_RULES = ("average", "consensus", "zscore", "all")  # the default first
 #: fewer cases than this: the ``zscore`` rule has no robust statistic and accepts every proposal
 ZSCORE_MIN_CASES = 6
 

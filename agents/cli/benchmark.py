@@ -35,6 +35,7 @@ def minutes(text: str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from agents.eval.benchmark import (DEFAULT_AGENTS, FULL, FULL_RUN_TIME, QUICK, QUICK_RUN_TIME, TRAIN_SEED_OFFSET,
                                        builtin_agents)
+    from agents.eval.warm_start import SOURCE
 
     p.add_argument("--agents", default=argparse.SUPPRESS,
                    help=f"comma-separated policies among {', '.join(builtin_agents())} "
@@ -66,16 +67,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=("quick", "full"), default=argparse.SUPPRESS,
                    help=f"quick: as --quick; full: {FULL['seeds']} training seeds each of "
                         f"{', '.join(a for a in FULL['agents'] if a in FULL['train_minutes'])} from scratch at the "
-                        f"quick budgets, {FULL['episodes']} episodes, rliable statistics in stats.md and "
+                        f"quick budgets and (--track {FULL['track']}) "
+                        f"{', '.join(a for a in FULL['agents'] if a in FULL['train_minutes'] and a != SOURCE)} "
+                        f"fine-tuned {FULL['warm_minutes']:g} {FULL['clock']}-minutes from each seed's {SOURCE} run, "
+                        f"{FULL['episodes']} episodes, rliable statistics in stats.md and "
                         f"performance_profile.png; takes {FULL_RUN_TIME}; explicit options override it")
     p.add_argument("--track", choices=("scratch", "warm-start", "both"), default=argparse.SUPPRESS,
-                   help="scratch (default; --quick: both): learned agents train from their own init; warm-start: "
-                        "train supervised once (or --checkpoint supervised=PATH), score it alone as "
-                        "'supervised (checkpoint)' and fine-tune every other learned agent from it for "
-                        "--warm-minutes; both: the two in one leaderboard")
+                   help="scratch (default; --quick, --preset full: both): learned agents train from their own "
+                        "init; warm-start: train supervised (once per --seeds, or --checkpoint supervised=PATH), "
+                        "score it alone as 'supervised (checkpoint)' and fine-tune every other learned agent "
+                        "from it for --warm-minutes (run k from checkpoint k); both: the two in one leaderboard, "
+                        "the from-scratch supervised runs being the checkpoints")
     p.add_argument("--warm-minutes", type=minutes, default=argparse.SUPPRESS, metavar="M | NAME=M,...",
                    help="fine-tuning budget of each warm-start row, in minutes of --clock (default: its "
-                        f"--train-minutes; --quick {QUICK['warm_minutes']:g})")
+                        f"--train-minutes; --quick {QUICK['warm_minutes']:g}, --preset full {FULL['warm_minutes']:g})")
     p.add_argument("--batch-size", type=int, default=8, help="episodes evaluated together")
     p.add_argument("--overlays", type=int, default=argparse.SUPPRESS,
                    help="number of cases drawn as slice overlays (default: 3)")
@@ -85,8 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"--quick {QUICK['train_jobs']})")
     p.add_argument("--seeds", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="train every learned agent (those without --checkpoint) N times, on training seeds "
-                        f"SEED+{TRAIN_SEED_OFFSET}+k, k=0..N-1 (k=0 is the single-seed run); each run is scored on "
-                        "the same episodes, and stats.md gives the IQM and P(improvement) over runs x episodes "
+                        f"SEED+{TRAIN_SEED_OFFSET}+k, k=0..N-1 (k=0 is the single-seed run), the warm-start rows "
+                        "and their supervised checkpoint too (warm run k from checkpoint k); each run is scored "
+                        "on the same episodes, and stats.md gives the IQM and P(improvement) over runs x episodes "
                         f"(default: 1; --preset full: {FULL['seeds']})")
     p.add_argument("--bootstrap-reps", type=int, default=argparse.SUPPRESS, metavar="R",
                    help="bootstrap resamples of the rliable statistics in stats.md (default: 2000; "

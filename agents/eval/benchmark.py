@@ -26,6 +26,8 @@ Files in ``out``:
     benchmark.json     settings, training budgets and run folders, timings
     runs/<agent>/      training runs of the learned agents (checkpoints; reusable with
                        ``--checkpoint NAME=PATH``); ``runs/<agent>/seed<k>/`` with ``seeds`` > 1
+    warm-start/runs/<agent>/  the fine-tuned runs of the warm-start track (``track``; ``seed<k>/``
+                       with ``seeds`` > 1)
 
 Fairness: episode i is the env reset with seed ``seed + i`` for every policy (same volume,
 same noise). Learned agents listed without a checkpoint are trained first, each for its
@@ -45,7 +47,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -94,15 +96,18 @@ QUICK = dict(episodes=32, patch_size=32, clock="cpu", overlays=3, train_jobs=5, 
              train_minutes={"va3c": 3.0, "ppo": 3.0, "a2c": 3.0, "supervised": 3.0, "voxel-ppo": 3.0},
              warm_minutes=1.5,
              train_config={"va3c": {"num_envs": 4}, "supervised": {"num_envs": 4}})
-#: How long ``--preset full`` takes, as measured (README "Statistics over training seeds").
-FULL_RUN_TIME = "about 35 min on 2 CPU cores"
+#: How long ``--preset full`` takes (to be re-measured with the warm-start rows; README
+#: "Statistics over training seeds" has the measurement of the scratch-only preset: 37 min).
+FULL_RUN_TIME = "about 60 min on 2 CPU cores"
 #: ``--preset full``: the issue-15 statistics -- 5 training seeds of vA3C, its supervised control,
-#: voxel-PPO and SB3 PPO from scratch at the quick preset's budget and settings, scored on the
-#: same 32 episodes, rliable IQM / P(improvement) / performance profile (``stats.md``). A2C is left
-#: out for time (it collapses at this budget: README leaderboard); name it in --agents to add it.
-FULL = dict(episodes=32, patch_size=32, clock="cpu", overlays=0, train_jobs=4, track="scratch", seeds=5,
+#: voxel-PPO and SB3 PPO from scratch at the quick preset's budget and settings, and (track
+#: "both") vA3C, voxel-PPO and SB3 PPO fine-tuned 1.5 CPU-min from each seed's supervised run
+#: (warm run k from supervised run k), all scored on the same 32 episodes, rliable IQM /
+#: P(improvement) / performance profile (``stats.md``). A2C is left out for time (it collapses at
+#: this budget: README leaderboard); name it in --agents to add it.
+FULL = dict(episodes=32, patch_size=32, clock="cpu", overlays=0, train_jobs=4, track="both", seeds=5,
             agents=("identity", "majority", "intensity", "va3c", "supervised", "voxel-ppo", "ppo"),
-            train_minutes=dict(QUICK["train_minutes"]), train_config=dict(QUICK["train_config"]),
+            train_minutes=dict(QUICK["train_minutes"]), warm_minutes=1.5, train_config=dict(QUICK["train_config"]),
             bootstrap_reps=1000)
 PRESETS = {"quick": QUICK, "full": FULL}
 #: what a training budget measures: "wall" (elapsed minutes) or "cpu" (CPU-minutes of the process)
@@ -204,24 +209,35 @@ def _train_job(name: str, env_kwargs: dict, minutes: float, seed: int, run_dir: 
 
 
 def train_runs(runs: Sequence[S.TrainRun], env_kwargs: dict, budgets: dict, *, jobs: int = 1, progress: bool = True,
-               workers: int = 0, train_config: dict | None = None, clock: str = "wall",
-               device="cpu") -> dict[S.TrainRun, tuple]:
+               workers: int = 0, train_config: dict | Callable[[S.TrainRun], dict | None] | None = None,
+               clock: str = "wall", device="cpu") -> dict[S.TrainRun, tuple]:
     """Train ``runs`` (``agents.eval.seeds.plan_runs``) -> {run: (policy, wall minutes)}: one after
     another here, or in ``jobs`` spawned processes (``agents.eval.seeds.train_runs``). ``budgets``:
-    {agent: minutes of ``clock``}; ``train_config``: {agent: trainer options}."""
-    cfg = train_config or {}
+    {agent: minutes of ``clock``}; ``train_config``: {agent: trainer options}, or a function
+    run -> its trainer options (runs of one agent with different options, e.g. each warm-start
+    run its own ``init_from``)."""
+    config = _run_config(train_config)
     return S.train_runs(
         runs, jobs=jobs, progress=progress,
         train=lambda r: train_learned(r.agent, env_kwargs, budgets[r.agent], r.seed, r.folder, progress,
-                                      workers=workers, config=cfg.get(r.agent), clock=clock),
-        job=_train_job, job_args=_job_args(env_kwargs, budgets, workers, cfg, clock),
+                                      workers=workers, config=config(r), clock=clock),
+        job=_train_job, job_args=_job_args(env_kwargs, budgets, workers, config, clock),
         load=lambda r, path: load_learned(r.agent, path, device=device))
 
 
-def _job_args(env_kwargs: dict, budgets: dict, workers: int, train_config: dict, clock: str):
-    """run -> the arguments of ``_train_job`` for it (without the thread count)."""
-    return lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder), workers,
-                      train_config.get(r.agent), clock)
+def _run_config(train_config) -> Callable[[S.TrainRun], dict | None]:
+    """run -> its trainer options, from {agent: options} (or such a function already)."""
+    if callable(train_config):
+        return train_config
+    cfg = train_config or {}
+    return lambda r: cfg.get(r.agent)
+
+
+def _job_args(env_kwargs: dict, budgets: dict, workers: int, train_config, clock: str):
+    """run -> the arguments of ``_train_job`` for it (without the thread count); ``train_config``
+    as in ``train_runs``."""
+    config = _run_config(train_config)
+    return lambda r: (r.agent, env_kwargs, budgets[r.agent], r.seed, str(r.folder), workers, config(r), clock)
 
 
 def train_in_parallel(names: Sequence[str], env_kwargs: dict, budgets: dict, seed: int, out: Path, jobs: int,
@@ -235,7 +251,7 @@ def train_in_parallel(names: Sequence[str], env_kwargs: dict, budgets: dict, see
     component count per step) finish together instead of one after another.
     """
     runs = S.plan_runs(names, seed, 1, out)
-    done = S.train_in_pool(runs, _train_job, _job_args(env_kwargs, budgets, workers, train_config or {}, clock),
+    done = S.train_in_pool(runs, _train_job, _job_args(env_kwargs, budgets, workers, train_config, clock),
                            lambda r, path: path, jobs=jobs, progress=progress)
     return {r.agent: done[r] for r in runs}
 
@@ -276,11 +292,15 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
             (``agents.common.precision``); each run's config.json records the resolved one.
         seeds: training runs per learned agent that is trained here (``agents.eval.seeds``):
             run k on training seed ``seed + TRAIN_SEED_OFFSET + k``, each scored on the same
-            episodes; per_case.csv's ``run`` column tells them apart.
+            episodes; per_case.csv's ``run`` column tells them apart. The warm-start rows and
+            their checkpoint (``track``) get N runs as well.
         stats_reps: bootstrap replications of the statistics (``agents.eval.stats``).
         track: "scratch" (default), "warm-start" or "both" (``agents.eval.warm_start``): the
-            learned agents fine-tune from one ``supervised`` checkpoint, scored alone as the control.
-            The warm-start rows are one training run each (``seeds`` > 1 is refused with them).
+            learned agents fine-tune from a ``supervised`` checkpoint, scored alone as the control.
+            With ``seeds`` = N the checkpoint is trained N times too (or, for "both", is the
+            supervised row's N runs) and warm run k fine-tunes from checkpoint k on training seed
+            ``seed + TRAIN_SEED_OFFSET + k``; a checkpoint given in ``checkpoints["supervised"]``
+            is the one start (and the control) of all N warm runs.
         warm_minutes: the warm-start rows' fine-tuning budgets (one number or {name: minutes});
             default ``train_minutes``.
 
@@ -324,9 +344,6 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     to_train = [a for a in agents if a in learned and a not in checkpoints]
     budgets = _budgets(train_minutes, to_train)
     seeds = S.check_seeds(seeds)
-    if seeds > 1 and track != "scratch":
-        raise ValueError(f"--seeds {seeds} applies to the scratch track only; the warm-start track trains one run "
-                         "per agent (run the two tracks separately)")
     if precision not in (None, *PRECISIONS):
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     train_config = {**(train_config or {}), **{a: {**(train_config or {}).get(a, {}), "precision": precision}
@@ -366,8 +383,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
         warm_pols, warm_training, warm_meta = W.run_track(
             warm, bench=sys.modules[__name__], env_kwargs=env_kwargs, seed=seed + TRAIN_SEED_OFFSET, out=out,
             progress=progress, workers=workers, train_config=train_config, precision=precision, clock=clock,
-            train_jobs=train_jobs, device=env.device)
-        built += [(p, 0) for p in warm_pols]
+            train_jobs=train_jobs, device=env.device, seeds=seeds)
+        built += warm_pols  # (policy, its training run): run k of a warm row fine-tuned from checkpoint k
         training.update(warm_training)
     built += [(p, 0) for p in policies]
     names = [_policy_name(p) for p, _ in built]

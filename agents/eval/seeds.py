@@ -113,8 +113,13 @@ def training_note(name: str, t: dict) -> str:
     alongside = f", in parallel with {t['trained_alongside']} other(s)" if t.get("trained_alongside") else ""
     used = ", ".join(f"{m:g}" for m in t["minutes_used"])
     seeds = t["seeds"]
+    init = t.get("init_from")  # a warm-start row: one checkpoint, or run k's the k-th of a list
+    if isinstance(init, list):
+        init = f", run k fine-tuned from {Path(init[0]).parent.parent}/seed<k>/{Path(init[0]).name}"
+    elif init:
+        init = f", fine-tuned from {init}"
     return (f"{name}: {len(seeds)} training runs, seeds {seeds[0]}..{seeds[-1]}, each with a budget of "
-            f"{t['minutes_budget']:g} {unit}{alongside} (took {used} min wall), runs in "
+            f"{t['minutes_budget']:g} {unit}{alongside}{init or ''} (took {used} min wall), runs in "
             f"{Path(t['runs'][0]).parent}/seed*; its row pools runs × episodes.")
 
 

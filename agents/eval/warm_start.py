@@ -3,7 +3,7 @@
 ``benchmark.run(..., track=...)`` / ``svl-drl benchmark --track ...``:
 
 - ``"scratch"`` (default): every learned agent trains from its own initialisation, as always.
-- ``"warm-start"``: one ``supervised`` checkpoint -- trained first for its budget, or given
+- ``"warm-start"``: a ``supervised`` checkpoint -- trained first for its budget, or given
   with ``checkpoints={"supervised": PATH}`` (``--checkpoint supervised=PATH``) -- is scored
   alone as the control row ``"supervised (checkpoint)"``; every other learned agent of the run
   fine-tunes from it (``init_from``, ``agents.common.init_from``) for its own budget, in
@@ -13,14 +13,26 @@
   ``supervised`` agent is among the from-scratch rows, its run is the checkpoint and its row
   the control (no second, identical row).
 
+Over training seeds (``seeds=N``, ``--seeds N``): the checkpoint is trained N times, run k on
+training seed ``base + k`` in ``OUT/runs/supervised/seed<k>`` (with "both" and ``supervised``
+among the from-scratch rows, its N runs are the checkpoints: nothing more is trained), so the
+control row has N runs; every warm agent is fine-tuned N times, run k from checkpoint k on
+training seed ``base + k``, in ``OUT/warm-start/runs/<agent>/seed<k>``, and per_case.csv's
+``run`` column gives its run k, so the statistics pool runs × episodes. A checkpoint given with
+``--checkpoint supervised=PATH`` is the one start of all N warm runs (and the control, one run).
+One seed trains and writes exactly what it always did (``agents.eval.seeds``).
+
 What each learned agent takes from the checkpoint (``svl-drl train --init-from`` does the same):
 vA3C the network, and its Warmup stage is off, so the value and policy stages share the budget;
 voxel-PPO the network; SB3 PPO/A2C the backbone config, backbone and policy head (not the
 value head, whose shape differs: ``agents.sb3.warm_start``). Agents that cannot start from a
 checkpoint (``AgentSpec.takes_init_from`` false, e.g. ``rllib-ppo``) are refused in these tracks.
 
-``benchmark.json`` records ``track`` and, for the warm tracks, ``warm_start``: the checkpoint,
-where it came from, the control row's label and the fine-tuned rows.
+``benchmark.json`` records ``track`` and, for the warm tracks, ``warm_start``: the checkpoint
+(the list of them, run k's the k-th, when there are several), where it came from, the control
+row's label and the fine-tuned rows; each warm row's ``training`` entry has its ``init_from``
+(likewise) and, over seeds, the ``seeds``, ``runs`` and ``minutes_used`` lists of
+``agents.eval.seeds.training_record``.
 
 This module does not import ``agents.eval.benchmark`` (that would be an import cycle): the
 benchmark passes itself (its trainers and budget parser) as ``bench``.
@@ -28,7 +40,6 @@ benchmark passes itself (its trainers and budget parser) as ``bench``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -116,46 +127,68 @@ def _rename(pol, label: str):
     return pol
 
 
+def _checkpoint_file(path: Path) -> Path:
+    """A run folder -> the checkpoint file in it; a file as it is."""
+    return path / registry.get_agent(SOURCE).checkpoint if path.is_dir() else path
+
+
+def _one_or_all(paths: list[Path]):
+    """benchmark.json's form of checkpoints: the path when there is one, else the list."""
+    return str(paths[0]) if len(paths) == 1 else [str(c) for c in paths]
+
+
 def run_track(p: WarmStartPlan, *, bench: ModuleType, env_kwargs: dict, seed: int, out: Path, progress: bool,
               workers: int, train_config: dict | None, precision: str | None, clock: str, train_jobs: int,
-              device) -> tuple[list, dict, dict]:
-    """Get the checkpoint (train it, or take the given one / the from-scratch row's), then
-    fine-tune every warm agent from it. ``seed``: the training seed. Returns (the control row's
-    policy if it is a row of its own, then the warm rows' policies; their ``training`` entries
-    for benchmark.json and the notes; the ``warm_start`` record of benchmark.json)."""
+              device, seeds: int = 1) -> tuple[list, dict, dict]:
+    """Get the checkpoints (train ``seeds`` of them, or take the given one / the from-scratch
+    row's runs), then fine-tune every warm agent ``seeds`` times, run k from checkpoint k (from
+    the given one when there is one) on training seed ``seed + k``. ``seed``: the base training
+    seed. Returns (the (policy, training run) pairs of the control row's runs if it is a row of
+    its own, then of the warm rows' runs; their ``training`` entries for benchmark.json and the
+    notes; the ``warm_start`` record of benchmark.json)."""
     out = Path(out)
     policies, training = [], {}
     control = CONTROL_LABEL
-    src_file = registry.get_agent(SOURCE).checkpoint
+    own_row = p.track == "both" and SOURCE in p.scratch  # the from-scratch supervised row is the control
     if p.source == "given":
-        ck = Path(p.checkpoint)
-        if p.track == "both" and SOURCE in p.scratch:
+        cks = [Path(p.checkpoint)]
+        if own_row:
             control = registry.get_agent(SOURCE).label  # that row is this checkpoint already
         else:
-            policies.append(_rename(bench.load_learned(SOURCE, ck, device=device), CONTROL_LABEL))
-            training[CONTROL_LABEL] = {"checkpoint": str(ck)}
-    elif p.source == "scratch row":
-        ck = out / "runs" / SOURCE
-        control = registry.get_agent(SOURCE).label
+            policies.append((_rename(bench.load_learned(SOURCE, cks[0], device=device), CONTROL_LABEL), 0))
+            training[CONTROL_LABEL] = {"checkpoint": str(cks[0])}
     else:
-        ck = out / "runs" / SOURCE
-        t0 = time.perf_counter()
-        pol = bench.train_learned(SOURCE, env_kwargs, p.budgets[SOURCE], seed, ck, progress, workers=workers,
-                                  config=_config(SOURCE, train_config, precision), clock=clock)
-        policies.append(_rename(pol, CONTROL_LABEL))
-        training[CONTROL_LABEL] = {"minutes_budget": p.budgets[SOURCE], "clock": clock,
-                                   "minutes_used": round((time.perf_counter() - t0) / 60, 2), "run": str(ck)}
-    if ck.is_dir():
-        ck = ck / src_file
-    configs = {a: {**_config(a, train_config, precision), "init_from": str(ck)} for a in p.warm}
-    runs = plan_runs(p.warm, seed, 1, out / FOLDER)
-    trained = bench.train_runs(runs, env_kwargs, p.budgets, jobs=train_jobs, progress=progress, workers=workers,
-                               train_config=configs, clock=clock, device=device)
-    alongside = len(runs) - 1 if train_jobs > 1 and len(runs) > 1 else 0
-    for r in runs:
-        policies.append(_rename(trained[r][0], warm_label(r.agent)))
-        training[warm_label(r.agent)] = {**training_record([r], trained, p.budgets[r.agent], clock, alongside),
-                                         "init_from": str(ck)}
-    meta = {"checkpoint": str(ck), "checkpoint_source": p.source, "control": control,
+        # the from-scratch row's runs (same plan, same folders), or trained here
+        src_runs = plan_runs([SOURCE], seed, seeds, out)
+        if p.source == "scratch row":
+            control = registry.get_agent(SOURCE).label
+        else:
+            trained = bench.train_runs(src_runs, env_kwargs, p.budgets, jobs=train_jobs, progress=progress,
+                                       workers=workers, train_config={SOURCE: _config(SOURCE, train_config, precision)},
+                                       clock=clock, device=device)
+            policies += [(_rename(trained[r][0], CONTROL_LABEL), r.index) for r in src_runs]
+            training[CONTROL_LABEL] = training_record(src_runs, trained, p.budgets[SOURCE], clock,
+                                                      _alongside(src_runs, train_jobs))
+        cks = [r.folder for r in src_runs]
+    cks = [_checkpoint_file(c) for c in cks]
+
+    def start(r) -> Path:  # the checkpoint warm run r fine-tunes from
+        return cks[r.index] if len(cks) > 1 else cks[0]
+
+    runs = plan_runs(p.warm, seed, seeds, out / FOLDER)
+    trained = bench.train_runs(
+        runs, env_kwargs, p.budgets, jobs=train_jobs, progress=progress, workers=workers, clock=clock, device=device,
+        train_config=lambda r: {**_config(r.agent, train_config, precision), "init_from": str(start(r))})
+    for a in p.warm:
+        mine = [r for r in runs if r.agent == a]
+        policies += [(_rename(trained[r][0], warm_label(a)), r.index) for r in mine]
+        training[warm_label(a)] = {**training_record(mine, trained, p.budgets[a], clock, _alongside(runs, train_jobs)),
+                                   "init_from": _one_or_all(cks)}  # run k's checkpoint: the k-th
+    meta = {"checkpoint": _one_or_all(cks), "checkpoint_source": p.source, "control": control,
             "fine_tuned": {a: warm_label(a) for a in p.warm}}
     return policies, training, meta
+
+
+def _alongside(runs, train_jobs: int) -> int:
+    """How many other runs trained at the same time as each of ``runs`` (``training_record``)."""
+    return len(runs) - 1 if train_jobs > 1 and len(runs) > 1 else 0

@@ -23,11 +23,13 @@ def captured(monkeypatch, tmp_path):
     return seen
 
 
-def test_full_preset_trains_five_seeds_of_the_learned_agents(captured, tmp_path):
+def test_full_preset_trains_five_seeds_of_the_learned_agents_and_their_warm_starts(captured, tmp_path):
     assert main(["benchmark", "--preset", "full", "--out", str(tmp_path), "--no-progress"]) == 0
     assert captured["seeds"] == B.FULL["seeds"] >= 5
     assert captured["stats_reps"] == B.FULL["bootstrap_reps"]
-    assert captured["track"] == "scratch" and captured["clock"] == "cpu"
+    # the supervised runs from scratch are the checkpoints of the warm-start rows, seed by seed
+    assert captured["track"] == "both" and captured["clock"] == "cpu"
+    assert captured["warm_minutes"] == B.FULL["warm_minutes"] == 1.5
     agents = captured["agents"].split(",")
     assert {"va3c", "supervised", "voxel-ppo", "ppo", "identity"} <= set(agents)
     assert captured["train_minutes"] == B.FULL["train_minutes"]

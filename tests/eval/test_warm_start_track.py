@@ -75,3 +75,65 @@ def test_tracks_that_cannot_run_are_refused_before_training(tmp_path, capsys):
     assert main(["benchmark", "--agents", "identity,va3c", "--track", "warm-start", "--train-minutes", "va3c=1",
                  "--out", str(tmp_path / "cli")]) == 2
     assert "no training budget for ['supervised']" in capsys.readouterr().err
+
+
+def _stats_controls(out: Path) -> dict:
+    import csv
+
+    return {r["policy"]: (r["control"], int(r["runs"])) for r in csv.DictReader(open(out / "stats.csv"))}
+
+
+def _runs(out: Path) -> dict:
+    import csv
+
+    runs: dict = {}
+    for r in csv.DictReader(open(out / "per_case.csv")):
+        runs.setdefault(r["policy"], set()).add(int(r["run"]))
+    return runs
+
+
+def test_both_tracks_over_seeds_fine_tune_run_k_from_supervised_run_k(tmp_path):
+    res = B.run(agents="identity,supervised,voxel-ppo", env_kwargs=ENV, episodes=2, seed=0, out=tmp_path,
+                train_minutes=0.01, overlays=0, progress=False, track="both", train_config=TINY, precision="fp32",
+                seeds=2, stats_reps=20)
+    sup, warm = "supervised (vA3C net, Warmup loss only)", "voxel-PPO (warm start)"
+    assert _runs(tmp_path) == {"identity": {0}, sup: {0, 1}, "voxel-PPO": {0, 1}, warm: {0, 1}}
+    cks = [tmp_path / "runs" / "supervised" / f"seed{k}" / "checkpoint.pt" for k in range(2)]
+    for k, ck in enumerate(cks):  # warm run k: from supervised run k, on its training seed
+        cfg = json.loads((tmp_path / "warm-start" / "runs" / "voxel-ppo" / f"seed{k}" / "config.json").read_text())
+        assert Path(cfg["init_from"]["path"]) == ck.resolve()
+        assert cfg["seed"] == B.TRAIN_SEED_OFFSET + k
+    assert not (tmp_path / "runs" / "supervised" / "seed2").exists()  # the scratch runs are the checkpoints
+    meta = json.loads((tmp_path / "benchmark.json").read_text())
+    assert meta["warm_start"]["checkpoint"] == [str(c) for c in cks] and meta["warm_start"]["control"] == sup
+    t = meta["training"][warm]
+    assert t["seeds"] == [B.TRAIN_SEED_OFFSET, B.TRAIN_SEED_OFFSET + 1] and len(t["minutes_used"]) == 2
+    assert t["runs"] == [str(tmp_path / "warm-start" / "runs" / "voxel-ppo" / f"seed{k}") for k in range(2)]
+    assert t["init_from"] == [str(c) for c in cks]
+    assert "run k fine-tuned from" in res["leaderboard_md"].read_text()
+    assert _stats_controls(tmp_path)[warm] == (sup, 2)  # compared with the checkpoints' row
+
+
+def test_warm_start_track_over_seeds_trains_one_checkpoint_per_seed(tmp_path):
+    B.run(agents="identity,voxel-ppo", env_kwargs=ENV, episodes=2, seed=0, out=tmp_path, train_minutes=0.01,
+          overlays=0, progress=False, track="warm-start", train_config=TINY, precision="fp32", seeds=2, stats_reps=20)
+    control, warm = "supervised (checkpoint)", "voxel-PPO (warm start)"
+    assert _runs(tmp_path) == {"identity": {0}, control: {0, 1}, warm: {0, 1}}
+    stats = _stats_controls(tmp_path)
+    assert stats[control] == ("identity", 2) and stats[warm] == (control, 2)
+    meta = json.loads((tmp_path / "benchmark.json").read_text())
+    assert meta["training"][control]["runs"] == [str(tmp_path / "runs" / "supervised" / f"seed{k}") for k in range(2)]
+    for k in range(2):
+        ck = tmp_path / "runs" / "supervised" / f"seed{k}" / "checkpoint.pt"
+        assert load_checkpoint(ck)["kind"] == "supervised"
+        cfg = json.loads((tmp_path / "warm-start" / "runs" / "voxel-ppo" / f"seed{k}" / "config.json").read_text())
+        assert Path(cfg["init_from"]["path"]) == ck.resolve()
+
+
+def test_a_run_gets_its_own_trainer_options_from_a_function():
+    from agents.eval.seeds import plan_runs
+
+    runs = plan_runs(["va3c"], 7, 2, "out")
+    args = B._job_args({}, {"va3c": 1.0}, 0, lambda r: {"init_from": f"ck{r.index}"}, "cpu")
+    assert [args(r)[6] for r in runs] == [{"init_from": "ck0"}, {"init_from": "ck1"}]
+    assert B._job_args({}, {"va3c": 1.0}, 0, {"va3c": {"x": 1}}, "cpu")(runs[0])[6] == {"x": 1}

@@ -421,8 +421,8 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     notes = _notes(env_kwargs, episodes, seed, training)
     lb_csv, lb_md = write_leaderboard(rows, out, title=f"Leaderboard ({episodes} episodes, seed {seed})", notes=notes)
     controls = S.control_names(agents, agent_names)
-    # a warm-start row is compared with the checkpoint it was fine-tuned from, not with its agent's control
-    controls.update({label: warm_meta["control"] for label in warm_meta.get("fine_tuned", {}).values()})
+    # a warm-start row is compared with the supervised continuation (same compute) or the checkpoint
+    controls.update(warm_meta.get("controls", {}))
     stats = ST.write_stats(per_case, out, controls, reps=stats_reps,
                            title=f"Statistics over training runs ({episodes} episodes, seed {seed})")
     metrics_png = plot_metrics(rows, out / "metrics.png")

@@ -13,6 +13,12 @@
   ``supervised`` agent is among the from-scratch rows, its run is the checkpoint and its row
   the control (no second, identical row).
 
+When ``supervised`` is among the agents, it is "fine-tuned" too: trained on from the checkpoint
+with its own loss for the same budget, as ``"supervised (...) (warm start)"``. That row is the
+warm RL rows' control at equal compute in the statistics (P(improvement)), since more training
+of any kind can improve the checkpoint; it is compared with the checkpoint itself. Without it,
+every warm row is compared with the checkpoint.
+
 Over training seeds (``seeds=N``, ``--seeds N``): the checkpoint is trained N times, run k on
 training seed ``base + k`` in ``OUT/runs/supervised/seed<k>`` (with "both" and ``supervised``
 among the from-scratch rows, its N runs are the checkpoints: nothing more is trained), so the
@@ -87,7 +93,9 @@ def plan(agents, track: str, checkpoints: dict, train_minutes, bench: ModuleType
     if track == "scratch":
         return WarmStartPlan(track, agents)
     learned = set(registry.agent_names())
-    warm = [a for a in agents if a in learned and a != SOURCE]
+    # SOURCE among the agents: it is fine-tuned too, i.e. trained on with its own loss for the
+    # same budget -- the warm rows' control at equal compute (``run_track``)
+    warm = [a for a in agents if a in learned]
     cannot = [a for a in warm if not registry.get_agent(a).takes_init_from]
     if cannot:
         raise ValueError(f"{', '.join(cannot)} cannot start from a checkpoint (no init_from): drop it from the "
@@ -184,8 +192,13 @@ def run_track(p: WarmStartPlan, *, bench: ModuleType, env_kwargs: dict, seed: in
         policies += [(_rename(trained[r][0], warm_label(a)), r.index) for r in mine]
         training[warm_label(a)] = {**training_record(mine, trained, p.budgets[a], clock, _alongside(runs, train_jobs)),
                                    "init_from": _one_or_all(cks)}  # run k's checkpoint: the k-th
+    # An RL row's gain counts against the same compute: the checkpoint trained on with its own
+    # (supervised) loss for the warm budget, when that row is here; the continuation itself, and
+    # every warm row without it, against the checkpoint.
+    matched = warm_label(SOURCE) if SOURCE in p.warm else control
     meta = {"checkpoint": _one_or_all(cks), "checkpoint_source": p.source, "control": control,
-            "fine_tuned": {a: warm_label(a) for a in p.warm}}
+            "fine_tuned": {a: warm_label(a) for a in p.warm},
+            "controls": {warm_label(a): control if a == SOURCE else matched for a in p.warm}}
     return policies, training, meta
 
 

@@ -1,5 +1,6 @@
 """The benchmark's warm-start track (agents.eval.warm_start): the supervised checkpoint is the
-control row, every other learned agent fine-tunes from it; benchmark.json records both."""
+control row, every other learned agent fine-tunes from it (supervised, when benchmarked, trains
+on from it: the same-compute control); benchmark.json records both."""
 
 from __future__ import annotations
 
@@ -49,11 +50,15 @@ def test_both_tracks_share_the_given_checkpoint(tmp_path):
                 train_minutes=0.01, overlays=0, progress=False, track="both", train_config=TINY, precision="fp32",
                 checkpoints={"supervised": str(ck)})
     rows = [r["policy"] for r in res["leaderboard"]]
-    # the scratch supervised row is the checkpoint itself: the control, not a second identical row
-    assert sorted(rows) == sorted(["identity", "supervised (vA3C net, Warmup loss only)", "voxel-PPO",
-                                   "voxel-PPO (warm start)"])
+    # the scratch supervised row is the checkpoint itself: the control, not a second identical row;
+    # supervised also trains on from it (its warm row: the same compute as the RL rows' fine-tuning)
+    sup = "supervised (vA3C net, Warmup loss only)"
+    assert sorted(rows) == sorted(["identity", sup, f"{sup} (warm start)", "voxel-PPO", "voxel-PPO (warm start)"])
     meta = json.loads((tmp_path / "b" / "benchmark.json").read_text())["warm_start"]
-    assert meta["control"] == "supervised (vA3C net, Warmup loss only)" and meta["checkpoint_source"] == "given"
+    assert meta["control"] == sup and meta["checkpoint_source"] == "given"
+    assert meta["controls"] == {f"{sup} (warm start)": sup, "voxel-PPO (warm start)": f"{sup} (warm start)"}
+    cfg = json.loads((tmp_path / "b" / "warm-start" / "runs" / "supervised" / "config.json").read_text())
+    assert Path(cfg["init_from"]["path"]) == (ck / "checkpoint.pt").resolve() and cfg["stages"] == {"warmup": [0, 1]}
 
 
 def test_tracks_that_cannot_run_are_refused_before_training(tmp_path, capsys):
@@ -97,7 +102,8 @@ def test_both_tracks_over_seeds_fine_tune_run_k_from_supervised_run_k(tmp_path):
                 train_minutes=0.01, overlays=0, progress=False, track="both", train_config=TINY, precision="fp32",
                 seeds=2, stats_reps=20)
     sup, warm = "supervised (vA3C net, Warmup loss only)", "voxel-PPO (warm start)"
-    assert _runs(tmp_path) == {"identity": {0}, sup: {0, 1}, "voxel-PPO": {0, 1}, warm: {0, 1}}
+    assert _runs(tmp_path) == {"identity": {0}, sup: {0, 1}, "voxel-PPO": {0, 1}, warm: {0, 1},
+                               f"{sup} (warm start)": {0, 1}}
     cks = [tmp_path / "runs" / "supervised" / f"seed{k}" / "checkpoint.pt" for k in range(2)]
     for k, ck in enumerate(cks):  # warm run k: from supervised run k, on its training seed
         cfg = json.loads((tmp_path / "warm-start" / "runs" / "voxel-ppo" / f"seed{k}" / "config.json").read_text())
@@ -111,7 +117,9 @@ def test_both_tracks_over_seeds_fine_tune_run_k_from_supervised_run_k(tmp_path):
     assert t["runs"] == [str(tmp_path / "warm-start" / "runs" / "voxel-ppo" / f"seed{k}") for k in range(2)]
     assert t["init_from"] == [str(c) for c in cks]
     assert "run k fine-tuned from" in res["leaderboard_md"].read_text()
-    assert _stats_controls(tmp_path)[warm] == (sup, 2)  # compared with the checkpoints' row
+    # the RL row against supervised trained on for the same budget; that one against the checkpoints
+    stats = _stats_controls(tmp_path)
+    assert stats[warm] == (f"{sup} (warm start)", 2) and stats[f"{sup} (warm start)"] == (sup, 2)
 
 
 def test_warm_start_track_over_seeds_trains_one_checkpoint_per_seed(tmp_path):

@@ -69,14 +69,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(a for a in FULL['agents'] if a in FULL['train_minutes'])} from scratch at the "
                         f"quick budgets and (--track {FULL['track']}) "
                         f"{', '.join(a for a in FULL['agents'] if a in FULL['train_minutes'] and a != SOURCE)} "
-                        f"fine-tuned {FULL['warm_minutes']:g} {FULL['clock']}-minutes from each seed's {SOURCE} run, "
+                        f"fine-tuned {FULL['warm_minutes']:g} {FULL['clock']}-minutes from each seed's {SOURCE} run "
+                        f"({SOURCE} trained on as long: their same-compute control), "
                         f"{FULL['episodes']} episodes, rliable statistics in stats.md and "
                         f"performance_profile.png; takes {FULL_RUN_TIME}; explicit options override it")
     p.add_argument("--track", choices=("scratch", "warm-start", "both"), default=argparse.SUPPRESS,
                    help="scratch (default; --quick, --preset full: both): learned agents train from their own "
                         "init; warm-start: train supervised (once per --seeds, or --checkpoint supervised=PATH), "
                         "score it alone as 'supervised (checkpoint)' and fine-tune every other learned agent "
-                        "from it for --warm-minutes (run k from checkpoint k); both: the two in one leaderboard, "
+                        "from it for --warm-minutes (run k from checkpoint k; supervised, when listed, trains on "
+                        "from it as long: the same-compute control); both: the two in one leaderboard, "
                         "the from-scratch supervised runs being the checkpoints")
     p.add_argument("--warm-minutes", type=minutes, default=argparse.SUPPRESS, metavar="M | NAME=M,...",
                    help="fine-tuning budget of each warm-start row, in minutes of --clock (default: its "

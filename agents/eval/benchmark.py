@@ -78,15 +78,16 @@ def builtin_agents() -> tuple[str, ...]:
 
 
 TRAIN_SEED_OFFSET = 100_000
-#: How long ``--quick`` takes, as measured on an idle 2-core machine (README "Baselines and
-#: leaderboard"); ``--quick --help`` and README say this.
-QUICK_RUN_TIME = "about 12 min on 2 idle CPU cores"
+#: How long ``--quick`` takes on an idle 2-core machine (README "Baselines and leaderboard"):
+#: measured 12 min 4 s before the supervised warm-start row, whose 1.5 CPU-min add ~45 s on 2
+#: cores; ``--quick --help`` and README say this.
+QUICK_RUN_TIME = "about 13 min on 2 idle CPU cores"
 #: ``--quick``: every default agent from scratch and the warm-start rows (track "both"), training
 #: included, in ``QUICK_RUN_TIME``. Budgets are CPU-minutes (2 busy cores spend 2 per minute), so
 #: that a machine shared with other programs trains the same agents, only more slowly. Every
 #: learned agent gets the same budget from scratch (3 CPU-min; the supervised run is also the
 #: warm-start checkpoint), and every warm-start row the same fine-tuning budget (1.5 CPU-min).
-#: Nine learners in ~12 min leave 3 CPU-min each; at 7 CPU-min (the preset before the
+#: Ten learners in ~13 min leave 3 CPU-min each from scratch; at 7 CPU-min (the preset before the
 #: warm-start rows) vA3C reached 0.80-0.83 Dice. vA3C and its supervised control update on 4
 #: environments at a time (default 8): at a few CPU-minutes more, noisier updates beat fewer,
 #: cleaner ones (fp32, 7 CPU-min: 8 envs 0.649, 4 envs 0.775, 2 envs 0.803 Dice), and bf16 moves the
@@ -102,7 +103,8 @@ FULL_RUN_TIME = "about 60 min on 2 CPU cores"
 #: ``--preset full``: the issue-15 statistics -- 5 training seeds of vA3C, its supervised control,
 #: voxel-PPO and SB3 PPO from scratch at the quick preset's budget and settings, and (track
 #: "both") vA3C, voxel-PPO and SB3 PPO fine-tuned 1.5 CPU-min from each seed's supervised run
-#: (warm run k from supervised run k), all scored on the same 32 episodes, rliable IQM /
+#: (warm run k from supervised run k) next to supervised trained on as long from the same run
+#: (their control at equal compute), all scored on the same 32 episodes, rliable IQM /
 #: P(improvement) / performance profile (``stats.md``). A2C is left out for time (it collapses at
 #: this budget: README leaderboard); name it in --agents to add it.
 FULL = dict(episodes=32, patch_size=32, clock="cpu", overlays=0, train_jobs=4, track="both", seeds=5,

@@ -47,6 +47,7 @@ from agents.eval import episodes as E  # noqa: E402
 from agents.eval import seeds as S  # noqa: E402
 from agents.eval import stats as ST  # noqa: E402
 from agents.heuristics import make_heuristic  # noqa: E402
+from agents.va3c.config import make_config  # noqa: E402
 
 #: the setting of ``svl-drl benchmark --preset full``: quick env (phantoms, 32^3), 32 episodes
 #: from seed 0, training seeds 100000 + k, 3 CPU-min, vA3C and supervised on 4 envs per update
@@ -82,8 +83,9 @@ def _job(agent, env_kwargs, minutes, seed, run_dir, config, threads):
     return str(Path(run_dir) / registry.get_agent(agent).checkpoint), (time.perf_counter() - t0) / 60
 
 
-def _check_reference(ref: Path, episodes: int, seed: int, minutes: float) -> list[dict]:
-    """The controls' per-case rows from a benchmark folder of the same setting (ValueError: one line)."""
+def _check_reference(ref: Path, episodes: int, seed: int, minutes: float) -> tuple[list[dict], dict]:
+    """The controls' per-case rows from a benchmark folder of the same setting, and their run
+    folders {label: [folders]} (ValueError: one line)."""
     meta = json.loads((ref / "benchmark.json").read_text())
     from svl_env import EnvConfig
 
@@ -101,7 +103,28 @@ def _check_reference(ref: Path, episodes: int, seed: int, minutes: float) -> lis
     if problems:
         raise ValueError(f"--reference {ref} is not the same setting: {'; '.join(problems)}")
     keep = {"identity", VA3C, SUPERVISED}
-    return [r for r in E.read_per_case_csv(ref / "per_case.csv") if r["policy"] in keep]
+    rows = [r for r in E.read_per_case_csv(ref / "per_case.csv") if r["policy"] in keep]
+    return rows, {label: meta["training"][label].get("runs", [meta["training"][label].get("run")])
+                  for label in (VA3C, SUPERVISED)}
+
+
+def _updates(folders) -> str:
+    """Mean updates per run in each stage, "warmup/value/policy", from the runs' metrics.csv
+    (what the CPU budget bought: a Warmup update is ``warmup_reuse`` optimiser steps on replayed
+    states, an RL update one step on a fresh on-policy episode)."""
+    import csv
+
+    counts = []
+    for f in folders:
+        path = Path(f) / "metrics.csv"
+        if not path.exists():
+            return "?"
+        with open(path, newline="") as fh:
+            stages = [row["stage"] for row in csv.DictReader(fh)]
+        counts.append([stages.count(s) for s in ("warmup", "value", "policy")])
+    if not counts:
+        return "?"
+    return "/".join(f"{sum(c[i] for c in counts) / len(counts):.0f}" for i in range(3))
 
 
 def main(argv=None) -> int:
@@ -133,10 +156,10 @@ def main(argv=None) -> int:
         ap.error(f"unknown variant(s) {unknown}; choose among {', '.join(VARIANTS)}")
     out = args.out = Path(args.out)
     progress = not args.no_progress
-    reference = []
+    reference, folders = [], {}
     if args.reference is not None:
         try:
-            reference = _check_reference(args.reference, args.episodes, args.seed, args.cpu_minutes)
+            reference, folders = _check_reference(args.reference, args.episodes, args.seed, args.cpu_minutes)
         except (OSError, ValueError) as e:
             ap.error(str(e))
 
@@ -151,6 +174,7 @@ def main(argv=None) -> int:
         for r in S.plan_runs([folder], args.seed + B.TRAIN_SEED_OFFSET, args.seeds, out):
             runs.append(r)
             spec[r] = (label, agent, cfg, env)
+            folders.setdefault(label, []).append(r.folder)
     ckpt = {r: r.folder / registry.get_agent(spec[r][1]).checkpoint for r in runs}
     todo = [r for r in runs if not (args.reuse and ckpt[r].exists())]
     print(f"{len(runs)} runs ({len(todo)} to train) x {args.cpu_minutes:g} CPU-min, {args.train_jobs} at once")
@@ -186,8 +210,9 @@ def main(argv=None) -> int:
                            title=f"vA3C ablations vs supervised ({args.episodes} episodes, seed {args.seed})")
     by = {row["policy"]: row for row in stats["rows"]}
     lines = [f"# vA3C ablations ({args.seeds} seeds x {args.episodes} episodes, {args.cpu_minutes:g} CPU-min)", "",
-             "| arm | what changes | Dice IQM [95 % CI] | Δ vs vA3C | Δ vs supervised | P(arm > supervised) |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| arm | what changes | updates W/V/P | Dice IQM [95 % CI] | Δ vs vA3C | Δ vs supervised "
+             "| P(arm > supervised) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     what = {arm_label(v): VARIANTS[v][0] for v in names}
     what.update({VA3C: "defaults (Warmup 60 %, value 10 %, policy 30 %)",
                  SUPERVISED: "Warmup loss for the whole budget", "identity": "the annotation"})
@@ -197,9 +222,12 @@ def main(argv=None) -> int:
         d_s = row["iqm"] - by[SUPERVISED]["iqm"] if SUPERVISED in by else float("nan")
         pi = (f"{row['p_improvement']:.2f} [{row['p_ci_low']:.2f}, {row['p_ci_high']:.2f}]"
               if row["control"] == SUPERVISED else "")
-        lines.append(f"| {p} | {what.get(p, '')} | {row['iqm']:.3f} [{row['iqm_ci_low']:.3f}, "
+        ups = _updates(folders[p]) if p in folders else "–"
+        lines.append(f"| {p} | {what.get(p, '')} | {ups} | {row['iqm']:.3f} [{row['iqm_ci_low']:.3f}, "
                      f"{row['iqm_ci_high']:.3f}] | {d_v:+.3f} | {d_s:+.3f} | {pi} |")
-    lines += ["", *notes, "", "Command: `python benchmarks/va3c_ablations.py " + " ".join(
+    lines += ["", "updates W/V/P: mean updates per run in the Warmup, value and policy stages (a Warmup update is "
+              f"{make_config(**BASE_CONFIG)['warmup_reuse']} optimiser steps on replayed states; an RL update one "
+              "step on a fresh episode).", *notes, "", "Command: `python benchmarks/va3c_ablations.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("variants", ",".join(names)), ("seeds", args.seeds),
                                                     ("cpu_minutes", args.cpu_minutes))) +
         (f" --reference {args.reference}" if reference else "") + "`", ""]

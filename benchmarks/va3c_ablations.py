@@ -51,7 +51,7 @@ from agents.va3c.config import make_config  # noqa: E402
 
 #: the setting of ``svl-drl benchmark --preset full``: quick env (phantoms, 32^3), 32 episodes
 #: from seed 0, training seeds 100000 + k, 3 CPU-min, vA3C and supervised on 4 envs per update
-ENV = {"data": "phantom", "patch_size": 32}
+ENV = {"data": "phantom", "patch_size": 32, "max_steps": 5}  # as `svl-drl benchmark` records it
 BASE_CONFIG = dict(B.FULL["train_config"]["va3c"])
 SUPERVISED = registry.get_agent("supervised").label
 VA3C = registry.get_agent("va3c").label
@@ -201,8 +201,7 @@ def main(argv=None) -> int:
                                  desc=f"eval {label} run {r.index}")
         records += [{**x, E.RUN_FIELD: r.index} for x in recs]
     per_case = E.write_per_case_csv(records, out / "per_case.csv")
-    controls = {label: SUPERVISED for label in arms}
-    controls[SUPERVISED] = "identity"
+    controls = {**{label: SUPERVISED for label in arms}, VA3C: SUPERVISED, SUPERVISED: "identity"}
     notes = [f"Training: {args.seeds} runs per arm (seeds {args.seed + B.TRAIN_SEED_OFFSET}+k), "
              f"{args.cpu_minutes:g} CPU-min each, {BASE_CONFIG}; controls "
              + (f"from {args.reference}" if reference else "trained here") + "."]

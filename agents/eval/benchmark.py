@@ -97,8 +97,9 @@ QUICK = dict(episodes=32, patch_size=32, clock="cpu", overlays=3, train_jobs=5, 
              train_minutes={"va3c": 3.0, "ppo": 3.0, "a2c": 3.0, "supervised": 3.0, "voxel-ppo": 3.0},
              warm_minutes=1.5,
              train_config={"va3c": {"num_envs": 4}, "supervised": {"num_envs": 4}})
-#: How long ``--preset full`` takes (to be re-measured with the warm-start rows; README
-#: "Statistics over training seeds" has the measurement of the scratch-only preset: 37 min).
+#: How long ``--preset full`` takes (README "Statistics over training seeds"): measured 79 min
+#: 50 s on 2 cores shared with another benchmark, the process using 96 CPU-min (90 of them the
+#: budgeted training), i.e. about 50-60 min on 2 idle cores.
 FULL_RUN_TIME = "about 60 min on 2 CPU cores"
 #: ``--preset full``: the issue-15 statistics -- 5 training seeds of vA3C, its supervised control,
 #: voxel-PPO and SB3 PPO from scratch at the quick preset's budget and settings, and (track

@@ -79,8 +79,8 @@ def builtin_agents() -> tuple[str, ...]:
 
 TRAIN_SEED_OFFSET = 100_000
 #: How long ``--quick`` takes on an idle 2-core machine (README "Baselines and leaderboard"):
-#: measured 12 min 4 s before the supervised warm-start row, whose 1.5 CPU-min add ~45 s on 2
-#: cores; ``--quick --help`` and README say this.
+#: measured 12 min 32 s with every row (2026-12-06, Intel Xeon); ``--quick --help`` and README
+#: say this.
 QUICK_RUN_TIME = "about 13 min on 2 idle CPU cores"
 #: ``--quick``: every default agent from scratch and the warm-start rows (track "both"), training
 #: included, in ``QUICK_RUN_TIME``. Budgets are CPU-minutes (2 busy cores spend 2 per minute), so

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared cores: idle OpenMP threads sleep
@@ -71,16 +70,6 @@ DEFAULT_VARIANTS = ("rl-70", "no-counterfactual", "counterfactual-x10", "dice-re
 
 def arm_label(name: str) -> str:
     return f"vA3C [{name}]"
-
-
-def _job(agent, env_kwargs, minutes, seed, run_dir, config, threads):
-    """One training run in a worker process -> (checkpoint file, wall minutes)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    B.train_learned(agent, env_kwargs, minutes, seed, Path(run_dir), progress=False, config=config, clock="cpu")
-    return str(Path(run_dir) / registry.get_agent(agent).checkpoint), (time.perf_counter() - t0) / 60
 
 
 def _check_reference(ref: Path, episodes: int, seed: int, minutes: float) -> tuple[list[dict], dict]:
@@ -163,14 +152,13 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             ap.error(str(e))
 
-    # every (arm, seed) run: the arms are folders of one agent, "va3c" (or "supervised")
-    arms = {arm_label(v): ("va3c", {**BASE_CONFIG, **VARIANTS[v][1]}, {**ENV, **VARIANTS[v][2]}) for v in names}
+    # every (arm, seed) run: {label: (folder in OUT/runs, agent, trainer options, training env)}
+    arms = {arm_label(v): (v, "va3c", {**BASE_CONFIG, **VARIANTS[v][1]}, {**ENV, **VARIANTS[v][2]}) for v in names}
     if not reference and not args.train_only:
-        arms[VA3C] = ("va3c", dict(BASE_CONFIG), dict(ENV))
-        arms[SUPERVISED] = ("supervised", dict(B.FULL["train_config"]["supervised"]), dict(ENV))
+        arms[VA3C] = ("va3c", "va3c", dict(BASE_CONFIG), dict(ENV))
+        arms[SUPERVISED] = ("supervised", "supervised", dict(B.FULL["train_config"]["supervised"]), dict(ENV))
     runs, spec = [], {}
-    for label, (agent, cfg, env) in arms.items():
-        folder = label if label in (VA3C, SUPERVISED) else label[len("vA3C ["):-1]
+    for label, (folder, agent, cfg, env) in arms.items():
         for r in S.plan_runs([folder], args.seed + B.TRAIN_SEED_OFFSET, args.seeds, out):
             runs.append(r)
             spec[r] = (label, agent, cfg, env)
@@ -181,8 +169,9 @@ def main(argv=None) -> int:
     S.train_runs(todo, jobs=args.train_jobs, progress=progress,
                  train=lambda r: B.train_learned(spec[r][1], spec[r][3], args.cpu_minutes, r.seed, r.folder,
                                                  progress, config=spec[r][2], clock="cpu"),
-                 job=_job, job_args=lambda r: (spec[r][1], spec[r][3], args.cpu_minutes, r.seed, str(r.folder),
-                                               spec[r][2]),
+                 # the benchmark's own pool job; each run its own agent, options and env
+                 job=B._train_job, job_args=lambda r: (spec[r][1], spec[r][3], args.cpu_minutes, r.seed,
+                                                       str(r.folder), 0, spec[r][2], "cpu"),
                  load=lambda r, path: path)
     if args.train_only:
         return 0

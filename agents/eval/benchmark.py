@@ -365,7 +365,6 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
     runs = S.plan_runs(to_train, seed + TRAIN_SEED_OFFSET, seeds, out)
     trained = train_runs(runs, env_kwargs, budgets, jobs=train_jobs, progress=progress, workers=workers,
                          train_config=train_config, clock=clock, device=env.device)
-    parallel = train_jobs > 1 and len(runs) > 1
     built, training, agent_names = [], {}, {}  # built: (policy, its training run)
     for a in agents:
         agent_names[a] = len(built)  # the index of its first policy, named below
@@ -378,7 +377,7 @@ def run(policies: Sequence = (), *, agents: Sequence[str] | str | None = DEFAULT
                 mine = [r for r in runs if r.agent == a]
                 built += [(trained[r][0], r.index) for r in mine]
                 training[label] = S.training_record(mine, trained, budgets[a], clock,
-                                                    alongside=len(runs) - 1 if parallel else 0)
+                                                    alongside=S.trained_alongside(runs, train_jobs))
         else:
             built.append((make_heuristic(a), 0))
     warm_meta = {}

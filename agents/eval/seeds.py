@@ -91,6 +91,12 @@ def train_in_pool(runs: Sequence[TrainRun], job: Callable[..., tuple[str, float]
     return {r: (load(r, path), minutes) for r, (path, minutes) in files.items()}
 
 
+def trained_alongside(runs: Sequence[TrainRun], jobs: int) -> int:
+    """How many other runs trained at the same time as each of ``runs`` (``training_record``'s
+    ``alongside``): all of them share one pool when ``jobs`` > 1 (``train_runs``)."""
+    return len(runs) - 1 if jobs > 1 and len(runs) > 1 else 0
+
+
 def training_record(runs: Sequence[TrainRun], trained: Mapping[TrainRun, tuple[Any, float]], budget: float,
                     clock: str, alongside: int = 0) -> dict:
     """``benchmark.json``'s ``training`` entry of one agent. One run: {"minutes_budget", "clock",

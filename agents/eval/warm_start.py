@@ -52,7 +52,7 @@ from types import ModuleType
 
 from agents import registry
 from agents.common.checkpoint import load_checkpoint, resolve_checkpoint
-from agents.eval.seeds import plan_runs, training_record
+from agents.eval.seeds import plan_runs, trained_alongside, training_record
 
 __all__ = ["TRACKS", "SOURCE", "CONTROL_LABEL", "WarmStartPlan", "plan", "warm_label", "run_track"]
 
@@ -176,7 +176,7 @@ def run_track(p: WarmStartPlan, *, bench: ModuleType, env_kwargs: dict, seed: in
                                        clock=clock, device=device)
             policies += [(_rename(trained[r][0], CONTROL_LABEL), r.index) for r in src_runs]
             training[CONTROL_LABEL] = training_record(src_runs, trained, p.budgets[SOURCE], clock,
-                                                      _alongside(src_runs, train_jobs))
+                                                      trained_alongside(src_runs, train_jobs))
         cks = [r.folder for r in src_runs]
     cks = [_checkpoint_file(c) for c in cks]
 
@@ -190,7 +190,8 @@ def run_track(p: WarmStartPlan, *, bench: ModuleType, env_kwargs: dict, seed: in
     for a in p.warm:
         mine = [r for r in runs if r.agent == a]
         policies += [(_rename(trained[r][0], warm_label(a)), r.index) for r in mine]
-        training[warm_label(a)] = {**training_record(mine, trained, p.budgets[a], clock, _alongside(runs, train_jobs)),
+        training[warm_label(a)] = {**training_record(mine, trained, p.budgets[a], clock,
+                                                     trained_alongside(runs, train_jobs)),
                                    "init_from": _one_or_all(cks)}  # run k's checkpoint: the k-th
     # An RL row's gain counts against the same compute: the checkpoint trained on with its own
     # (supervised) loss for the warm budget, when that row is here; the continuation itself, and
@@ -200,8 +201,3 @@ def run_track(p: WarmStartPlan, *, bench: ModuleType, env_kwargs: dict, seed: in
             "fine_tuned": {a: warm_label(a) for a in p.warm},
             "controls": {warm_label(a): control if a == SOURCE else matched for a in p.warm}}
     return policies, training, meta
-
-
-def _alongside(runs, train_jobs: int) -> int:
-    """How many other runs trained at the same time as each of ``runs`` (``training_record``)."""
-    return len(runs) - 1 if train_jobs > 1 and len(runs) > 1 else 0

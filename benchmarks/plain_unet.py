@@ -7,24 +7,37 @@ standard deviation), uniformly random 32^3 patches (no foreground bias), batch 4
 updates (default 300), then ``monai.inferers.sliding_window_inference`` (32^3 windows, overlap
 0.5) and a 0.5 threshold on the sigmoid.
 
+Budget: ``--steps N`` updates and / or ``--cpu-minutes M`` of process CPU time
+(``time.process_time``, all threads, training only); whichever is reached first ends training.
+``--cpu-minutes`` alone: no step limit; neither: 300 steps.
+
 Data: a Decathlon-style folder (``--data DIR``: ``imagesTr/`` + noisy ``labelsTr/``);
 ``--eval-labels DIR`` (clean labels named like ``labelsTr``) scores the model's predictions on
 the training images, ``--test DIR`` (a folder holding ``imagesTs/`` and ``clean_labelsTs/``, the
-layout ``benchmarks/staged_pipeline.py`` writes) the test cases. ``--phantoms WORKDIR`` first
-writes that benchmark's phantom folder (same builder and data options -- ``--preset``,
-``--families``, ``--modalities``, ``--size``, ``--spacing`` -- so both see the same cases)::
+layout ``benchmarks/staged_pipeline.py`` writes) the test cases: Dice, IoU, HD95 and ASD (mm)
+per case with ``agents.staged.pipeline.score_masks``, the scorer of the staged benchmark's other
+rows. ``--phantoms WORKDIR`` first writes that benchmark's phantom folder (same builder and data
+options -- ``--preset``, ``--families``, ``--modalities``, ``--size``, ``--spacing`` -- so both
+see the same cases)::
 
     python benchmarks/plain_unet.py --phantoms runs/plain --train 12 --test-cases 16 \\
         --noise mt+sp --noise-ratio 1.0 --steps 300 --seeds 0,1
     python benchmarks/plain_unet.py --phantoms runs/plain_realistic --preset realistic --seeds 0
 
 prints one row per seed: test Dice vs the truth, Dice of its predictions on the training images
-vs the truth, steps, CPU-min (``time.process_time`` of training).
+vs the truth, steps, CPU-min (``time.process_time`` of training). ``--out RUN_DIR`` (one seed)
+also writes ``RUN_DIR/report.json`` in the shape of an ``svl-drl pipeline`` report ("method",
+"seed", "updates", "train_cpu_s", "eval", and "test" with per-case scores and the case names):
+``benchmarks/staged_pipeline.py`` runs this script that way for its "plain U-Net" row::
+
+    python benchmarks/plain_unet.py --data WORK/data --test WORK --eval-labels WORK/clean_labelsTr \\
+        --cpu-minutes 4 --channels 16,32,64 --res-units 2 --seeds 0 --threads 1 --out WORK/runs/plain_U-Net/seed0
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -89,12 +102,22 @@ def make_unet(channels=(16, 32), res_units: int = 0):
                 num_res_units=int(res_units))
 
 
-def train_plain_unet(imgs, labs, *, steps: int = 300, seed: int = 0, batch: int = 4, patch: int = 32,
-                     lr: float = 1e-3, channels=(16, 32), res_units: int = 0):
-    """Train the plain U-Net on z-scored ``imgs`` and (noisy) ``labs``; returns (model, CPU seconds)."""
+def train_plain_unet(imgs, labs, *, steps: int | None = 300, cpu_minutes: float | None = None, seed: int = 0,
+                     batch: int = 4, patch: int = 32, lr: float = 1e-3, channels=(16, 32), res_units: int = 0):
+    """Train the plain U-Net on z-scored ``imgs`` and (noisy) ``labs``.
+
+    Ends after ``steps`` updates or ``cpu_minutes`` of process CPU time, whichever comes first
+    (``None``: no such limit; at least one of them must be set; the budget is checked before
+    each update, so at least one update is made). Returns (model, CPU seconds of training, updates)."""
     import torch
     from monai.losses import DiceCELoss
 
+    if steps is None and cpu_minutes is None:
+        raise ValueError("train_plain_unet needs steps or cpu_minutes (else it never ends)")
+    if cpu_minutes is not None and not float(cpu_minutes) > 0:
+        raise ValueError(f"cpu_minutes must be > 0, got {cpu_minutes!r}")
+    max_steps = float("inf") if steps is None else int(steps)
+    max_cpu_s = float("inf") if cpu_minutes is None else 60.0 * float(cpu_minutes)
     torch.manual_seed(int(seed))
     g = np.random.default_rng(int(seed))
     model = make_unet(channels, res_units)
@@ -102,13 +125,15 @@ def train_plain_unet(imgs, labs, *, steps: int = 300, seed: int = 0, batch: int 
     loss_fn = DiceCELoss(sigmoid=True)
     model.train()
     t0 = time.process_time()
-    for _ in range(int(steps)):
+    done = 0
+    while done < max_steps and time.process_time() - t0 < max_cpu_s:
         x, y = random_patches(imgs, labs, g, batch, patch)
         loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model, time.process_time() - t0
+        done += 1
+    return model, time.process_time() - t0, done
 
 
 def predict(model, img: np.ndarray, patch: int = 32) -> np.ndarray:
@@ -131,25 +156,84 @@ def mean_dice(preds, truths) -> float:
     return float(np.mean(out))
 
 
-def run(data, *, eval_labels=None, test=None, steps: int = 300, seed: int = 0, batch: int = 4,
-        patch: int = 32, lr: float = 1e-3, channels=(16, 32), res_units: int = 0) -> dict:
-    """Train on ``data`` (imagesTr + labelsTr) and score.
+def images_ts_dir(test) -> Path:
+    """``test/imagesTs``, or ``test/data/imagesTs`` (the staged benchmark's work folder)."""
+    test = Path(test)
+    return test / "imagesTs" if (test / "imagesTs").is_dir() else test / "data" / "imagesTs"
 
-    Returns {"seed", "steps", "cpu_min", "test_dice", "train_pred_dice"} (Dice None without its labels)."""
+
+def score_test(model, test, patch: int = 32) -> dict:
+    """Test scores of ``model`` as the staged benchmark's ``_test_scores`` computes them.
+
+    The cases are the sorted ``imagesTs/*.nii.gz`` of ``test`` (``images_ts_dir``); truth
+    (label 1) and spacing (mm, array axis order, from the NIfTI header) of each come from
+    ``svl_env.data.nifti.load_case`` with ``clean_labelsTs/<same name>``, exactly as for the other
+    rows; only the image the model sees is this recipe's (the raw intensities z-scored).
+    Returns ``agents.staged.pipeline.score_masks``' dict (mean "dice", "iou", "hd95", "asd"; HD95
+    and ASD in mm; "per_case" lists) plus "cases": the names without ``.nii.gz``, in the order of
+    the per-case lists."""
+    from agents.staged.pipeline import score_masks
+    from svl_env.data.nifti import load_case
+
+    test = Path(test)
+    preds, truths, spacings, names = [], [], [], []
+    for ip in sorted(images_ts_dir(test).glob("*.nii.gz")):
+        case = load_case(ip, test / "clean_labelsTs" / ip.name)
+        preds.append(predict(model, zscore(_read(ip)), patch))
+        truths.append(case.label)
+        spacings.append(case.spacing)
+        names.append(ip.name[: -len(".nii.gz")])
+    if not names:
+        raise FileNotFoundError(f"no test images (*.nii.gz) in {images_ts_dir(test)}")
+    out = score_masks(preds, truths, spacings)
+    out["cases"] = names
+    return out
+
+
+METHOD = "plain U-Net"  # report.json "method": the staged benchmark's row name
+
+
+def run(data, *, eval_labels=None, test=None, steps: int | None = 300, cpu_minutes: float | None = None,
+        seed: int = 0, batch: int = 4, patch: int = 32, lr: float = 1e-3, channels=(16, 32), res_units: int = 0,
+        out=None) -> dict:
+    """Train on ``data`` (imagesTr + labelsTr) for ``steps`` updates / ``cpu_minutes`` of CPU time
+    (``train_plain_unet``) and score.
+
+    Returns {"seed", "steps" (updates done), "cpu_min", "test_dice", "train_pred_dice", "test"
+    (``score_test``'s dict or None)} (Dice None without its labels). ``out``: a folder; writes
+    ``out/report.json`` (module doc) once everything is scored, so a folder with a report.json
+    holds a finished run."""
+    from agents.common.checkpoint import atomic_write
+    from agents.staged.pipeline import _json_safe
+
     data = Path(data)
     _, imgs, labs = load_folder(data / "imagesTr", data / "labelsTr")
-    model, cpu_s = train_plain_unet(imgs, labs, steps=steps, seed=seed, batch=batch, patch=patch, lr=lr,
-                                    channels=channels, res_units=res_units)
-    out = {"seed": int(seed), "steps": int(steps), "cpu_min": cpu_s / 60, "test_dice": None, "train_pred_dice": None}
+    model, cpu_s, updates = train_plain_unet(imgs, labs, steps=steps, cpu_minutes=cpu_minutes, seed=seed,
+                                             batch=batch, patch=patch, lr=lr, channels=channels,
+                                             res_units=res_units)
+    res = {"seed": int(seed), "steps": int(updates), "cpu_min": cpu_s / 60, "test_dice": None,
+           "train_pred_dice": None, "test": None}
     if eval_labels is not None:
         _, _, clean = load_folder(data / "imagesTr", Path(eval_labels))
-        out["train_pred_dice"] = mean_dice([predict(model, x, patch) for x in imgs], clean)
+        res["train_pred_dice"] = mean_dice([predict(model, x, patch) for x in imgs], clean)
     if test is not None:
-        test = Path(test)
-        img_dir = test / "imagesTs" if (test / "imagesTs").is_dir() else test / "data" / "imagesTs"
-        _, timgs, tlabs = load_folder(img_dir, test / "clean_labelsTs")
-        out["test_dice"] = mean_dice([predict(model, x, patch) for x in timgs], tlabs)
-    return out
+        res["test"] = score_test(model, test, patch)
+        res["test_dice"] = res["test"]["dice"]
+    if out is not None:
+        report = {"method": METHOD, "seed": int(seed), "updates": int(updates), "train_cpu_s": cpu_s,
+                  "budget": {"steps": steps, "cpu_minutes": cpu_minutes},
+                  "config": {"channels": [int(c) for c in channels], "res_units": int(res_units), "batch": batch,
+                             "patch": patch, "lr": lr, "normalisation": "z-score per image",
+                             "loss": "DiceCELoss(sigmoid=True)"},
+                  "data": str(data), "refined_labels_from": "the model's predictions on the training images"}
+        if res["train_pred_dice"] is not None:
+            d = {"dice": res["train_pred_dice"]}
+            report["eval"] = {"labels": str(eval_labels), "model_on_training_images": d, "refined_labels": dict(d)}
+        if res["test"] is not None:
+            report["test"] = res["test"]
+        text = json.dumps(_json_safe(report), indent=1)  # NaN (HD95 with one empty mask) -> null, as the pipeline
+        atomic_write(Path(out) / "report.json", lambda tmp: Path(tmp).write_text(text))
+    return res
 
 
 def _fmt(x) -> str:
@@ -174,7 +258,12 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", default="mt+sp", help="with --phantoms: noise of the training labels")
     ap.add_argument("--noise-ratio", type=float, default=1.0, help="with --phantoms: fraction of noisy labels")
     add_phantom_args(ap)  # with --phantoms: --preset, --families, --modalities, --size, --spacing
-    ap.add_argument("--steps", type=int, default=300, help="gradient updates (batch --batch of 32^3 patches)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="gradient updates (batch --batch of 32^3 patches); default 300, or no limit with "
+                         "--cpu-minutes alone")
+    ap.add_argument("--cpu-minutes", type=float, default=None,
+                    help="training budget in process CPU minutes (time.process_time, all threads); with --steps, "
+                         "whichever is reached first ends training")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (constant)")
     ap.add_argument("--channels", default="16,32",
@@ -182,8 +271,17 @@ def main(argv=None) -> int:
     ap.add_argument("--res-units", type=int, default=0, help="MONAI UNet num_res_units (default 0)")
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (one row each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", metavar="RUN_DIR", help="write RUN_DIR/report.json (only with exactly one seed)")
     args = parse_with_preset(ap, argv, rename={"test": "test_cases"})
     data_opts = phantom_options(ap, args)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.out and len(seeds) != 1:
+        ap.error(f"--out takes one run: give exactly one seed (--seeds {args.seeds!r})")
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps must be >= 1, got {args.steps}")
+    if args.cpu_minutes is not None and not args.cpu_minutes > 0:
+        ap.error(f"--cpu-minutes must be > 0, got {args.cpu_minutes}")
+    steps = args.steps if args.steps is not None or args.cpu_minutes is not None else 300
 
     import torch
 
@@ -199,9 +297,9 @@ def main(argv=None) -> int:
         args.data, args.eval_labels, args.test = work / "data", work / "clean_labelsTr", work
     if not args.data:
         ap.error("--data (or --phantoms) is required")
-    rows = [run(args.data, eval_labels=args.eval_labels, test=args.test, steps=args.steps, seed=int(s),
-                batch=args.batch, lr=args.lr, channels=[int(c) for c in args.channels.split(",")],
-                res_units=args.res_units) for s in args.seeds.split(",") if s.strip()]
+    rows = [run(args.data, eval_labels=args.eval_labels, test=args.test, steps=steps, cpu_minutes=args.cpu_minutes,
+                seed=s, batch=args.batch, lr=args.lr, channels=[int(c) for c in args.channels.split(",")],
+                res_units=args.res_units, out=args.out) for s in seeds]
     print("| seed | test Dice vs truth | its predictions on training images vs truth | steps | CPU-min |")
     print("|---|---|---|---|---|")
     for r in rows:

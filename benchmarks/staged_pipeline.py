@@ -27,6 +27,13 @@ a clean-label upper bound, on phantoms with MT-Noise at noise ratio 0.5 (the pap
    update takes one segmentation-loss step, so this matches the segmentation updates: networks
    fit clean labels before noisy ones, so the update count is itself a confound). It runs after
    the svl-drl runs, and only for seeds whose svl-drl run exists.
+   ``plain U-Net`` (not in the default list; name it in ``--methods``): the control of issue 16,
+   ``benchmarks/plain_unet.py`` -- MONAI's UNet with its own recipe (z-scored images, DiceCE,
+   uniformly random patches), channels 16,32,64 and 2 residual units (``PLAIN_UNET_CHANNELS``,
+   ``PLAIN_UNET_RES_UNITS``), fp32 whatever ``--precision`` says -- on the same noisy labels,
+   with the same ``--cpu-minutes`` (its ``--cpu-minutes``: the same ``time.process_time`` clock),
+   one thread, in the same job pool. It scores the test cases itself (its report.json "test", with
+   the same scorer, truths and case order as ``_test_scores``), since it has no ``model.pt``.
    Each run gets ``--eval-labels clean_labelsTr`` (read after training) for the Dice of its
    refined training labels and of its model's predictions on the training images.
 3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window); Dice, IoU,
@@ -48,6 +55,11 @@ cortex-like family, MR, 64^3 voxels at 1 x 1 x 2 mm, every one of 12 training la
 
     python benchmarks/staged_pipeline.py --preset realistic --workdir runs/staged_realistic \\
         --out benchmarks/results/staged_pipeline_realistic.md
+
+With the plain-U-Net control (``--reuse`` keeps the finished runs of the other rows)::
+
+    python benchmarks/staged_pipeline.py --preset realistic --workdir runs/staged_realistic --reuse \\
+        --methods 'noisy,svl-drl,plain U-Net' --out benchmarks/results/staged_pipeline_realistic.md
 
 Every method is trained once per run seed (default four) on the same data: two runs of the
 same method still differ by up to ±0.04 test Dice (16 test cases, a few of them hard enough
@@ -75,6 +87,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# the refit schedule (issue 16): the agents' labels alone (no intensity agents, one round at the end
+# of Full RL), then 40 % of the budget retraining from fresh weights on them; Warmup 15 %
+REFIT = ["--rounds", "1", "--refit", "0.4", "--set", "warmup_frac=0.15", "--set", "refit_reinit=true"]
 METHODS = {  # name -> (pipeline args, uses clean training labels)
     "noisy": (["--method", "noisy"], False),
     "coteaching": (["--method", "coteaching"], False),
@@ -86,6 +101,10 @@ METHODS = {  # name -> (pipeline args, uses clean training labels)
     "svl-drl (accept consensus)": (["--method", "svl-drl", "--accept", "consensus"], False),
     "svl-drl (accept zscore)": (["--method", "svl-drl", "--accept", "zscore"], False),
     "svl-drl (agents train the encoder)": (["--method", "svl-drl", "--agents-train-encoder"], False),
+    # issue 16: the label agents' labels, then a Refit stage from fresh weights on them (README
+    # "Realistic phantoms"), and self-training with the same schedule (its matched control)
+    "svl-drl (refit)": (["--method", "svl-drl", "--intensity-every", "0", "--accept", "agents", *REFIT], False),
+    "self-training (refit)": (["--method", "self-training", *REFIT], False),
     "clean (upper bound)": (["--method", "noisy"], True),
     "noisy (updates matched to svl-drl)": (["--method", "noisy"], False),
 }
@@ -93,6 +112,15 @@ METHODS = {  # name -> (pipeline args, uses clean training labels)
 MATCHED = {"noisy (updates matched to svl-drl)": "svl-drl"}
 DEFAULT_METHODS = ("noisy", "coteaching", "trinet", "self-training", "svl-drl", "noisy (updates matched to svl-drl)",
                    "svl-drl (no Warmup)", "svl-drl (agents train the encoder)", "clean (upper bound)")
+# The plain-U-Net control (issue 16), a row trained by benchmarks/plain_unet.py instead of
+# ``svl-drl pipeline``. Its size is the stronger of the two settings measured on the realistic
+# preset in benchmarks/results/staged_realistic/plain_unet_realistic.md (test Dice 0.61 with
+# channels 16,32,64 + 2 residual units vs 0.51 with the issue's 16,32 and none).
+PLAIN_UNET = "plain U-Net"
+PLAIN_UNET_CHANNELS = "16,32,64"
+PLAIN_UNET_RES_UNITS = 2
+#: every row --methods takes
+ALL_METHODS = (*METHODS, PLAIN_UNET)
 
 
 def run_updates(run_dir) -> int:
@@ -285,22 +313,23 @@ def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
     return out
 
 
-def _paired_lines(rows) -> list[str]:
-    """SVL-DRL minus each other method, paired by run seed (same data, same seed): the runs of a
-    method spread by ~0.03, so a difference of means alone says little."""
+def _paired_lines(rows, reference: str = "svl-drl") -> list[str]:
+    """``reference`` (default SVL-DRL) minus each other method, paired by run seed (same data, same
+    seed): the runs of a method spread by ~0.03, so a difference of means alone says little."""
     by = {r["method"]: {run["seed"]: run["test"]["dice"] for run in r["runs"]} for r in rows if not r.get("failed")}
-    ref = by.get("svl-drl")
+    ref = by.get(reference)
     if not ref:
         return []
-    out = ["", "SVL-DRL minus each method, test Dice paired by run seed:", ""]
+    name = "SVL-DRL" if reference == "svl-drl" else reference
+    out = ["", f"{name} minus each method, test Dice paired by run seed:", ""]
     for m, runs in by.items():
         common = sorted(set(ref) & set(runs))
-        if m == "svl-drl" or not common:
+        if m == reference or not common:
             continue
         d = np.array([ref[s] - runs[s] for s in common])
         se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
         out.append(f"- {m}: {d.mean():+.4f} (s.e. {_fmt(se)}; per seed {' / '.join(f'{x:+.3f}' for x in d)}; "
-                   f"SVL-DRL higher in {int((d > 0).sum())} of {len(d)})")
+                   f"{name} higher in {int((d > 0).sum())} of {len(d)})")
     return out
 
 
@@ -413,7 +442,7 @@ def stats_markdown(res: dict) -> list[str]:
               f"bootstrap over runs and test cases ({res['reps']} resamples, seeded; agents/eval/stats.py). "
               f"P({ref} > method): rliable's probability of improvement with {ref} as the policy and the method as "
               f"its control (per test case, Mann-Whitney P({ref} run > method run), ties half, averaged over the "
-              "test cases); 0.5 = no difference, above 0.5 = svl-drl better. Its CI resamples the runs of both "
+              f"test cases); 0.5 = no difference, above 0.5 = {ref} better. Its CI resamples the runs of both "
               "within each test case: n/a when both have one run."]
     lines += [f"- {n}" for n in res["notes"]]
     return lines
@@ -470,7 +499,8 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-ratio", type=float, default=0.5,
                     help="fraction of the training cases whose labels are corrupted (1.0: every label noisy)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                    help=f"methods to run, comma-separated, of: {', '.join(METHODS)}")
+                    help=f"methods to run, comma-separated, of: {', '.join(ALL_METHODS)} (default: all but "
+                         f"{', '.join(m for m in ALL_METHODS if m not in DEFAULT_METHODS)})")
     ap.add_argument("--run-seeds", default="0,1,2,3",
                     help="seeds of the training runs (each method once per seed, same data); the table "
                          "shows means and the spread over them")
@@ -482,11 +512,15 @@ def main(argv=None) -> int:
     ap.add_argument("--stats-reps", type=int, default=2000,
                     help="bootstrap resamples of the rliable statistics (agents/eval/stats.py's default 2000; "
                          "P(svl-drl > method)'s bootstrap takes about a minute per method with 8 runs x 64 cases)")
+    ap.add_argument("--reference", default=REFERENCE, metavar="METHOD",
+                    help="the row every other is compared with: paired differences and P(METHOD > method) "
+                         f"(default {REFERENCE})")
     ap.add_argument("--stats-from", metavar="JSON",
                     help="no training: recompute the statistics files from a benchmark JSON (written next to --out)")
     args = parse_with_preset(ap, argv)
     if args.stats_from:
-        res = rliable_stats(json.loads(Path(args.stats_from).read_text())["rows"], reps=args.stats_reps)
+        res = rliable_stats(json.loads(Path(args.stats_from).read_text())["rows"], reps=args.stats_reps,
+                            reference=args.reference)
         print("\n".join(stats_markdown(res)))
         print("statistics: " + ", ".join(str(p) for p in write_stats_files(res, args.out).values()))
         return 0
@@ -498,9 +532,9 @@ def main(argv=None) -> int:
           f"of {args.train} training cases, {args.test} test cases, data seed {args.seed}", flush=True)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
-        ap.error(f"unknown method(s) {bad}; valid: {list(METHODS)}")
+        ap.error(f"unknown method(s) {bad}; valid: {list(ALL_METHODS)}")
     work = Path(args.workdir).resolve()
     t_start = time.perf_counter()
     summary_path = work / "dataset_summary.json"
@@ -547,10 +581,29 @@ def main(argv=None) -> int:
                 *budget_args, "--seed", str(sd), "--threads", "1", "--eval-labels", str(work / "clean_labelsTr"),
                 "--no-progress", "--precision", args.precision, *extra]
 
-    def todo(m, sd):
-        return not (args.reuse and (run_dir(m, sd) / "report.json").is_file())
+    def plain_unet_cmd(sd):
+        return [sys.executable, str(ROOT / "benchmarks" / "plain_unet.py"), "--data", str(work / "data"),
+                "--test", str(work), "--eval-labels", str(work / "clean_labelsTr"),
+                "--cpu-minutes", str(args.cpu_minutes), "--seeds", str(sd), "--threads", "1",
+                "--channels", PLAIN_UNET_CHANNELS, "--res-units", str(PLAIN_UNET_RES_UNITS),
+                "--out", str(run_dir(PLAIN_UNET, sd))]
 
-    jobs = [(f"{m} [seed {sd}]", pipeline_cmd(m, sd, ["--cpu-minutes", str(args.cpu_minutes)]))
+    test_cases = sorted(p.name[: -len(".nii.gz")] for p in (work / "data" / "imagesTs").glob("*.nii.gz"))
+
+    def todo(m, sd):
+        report = run_dir(m, sd) / "report.json"
+        if not (args.reuse and report.is_file()):
+            return True
+        stored = json.loads(report.read_text()).get("test")
+        if stored is not None and stored.get("cases") != test_cases:
+            # its test scores are stored, not re-scored from a model.pt: a changed --test retrains it
+            # (and its stale report must not stand in for a failed retraining)
+            report.unlink()
+            return True
+        return False
+
+    jobs = [(f"{m} [seed {sd}]", plain_unet_cmd(sd) if m == PLAIN_UNET else
+             pipeline_cmd(m, sd, ["--cpu-minutes", str(args.cpu_minutes)]))
             for sd in seeds for m in methods if m not in MATCHED and todo(m, sd)]
     (work / "logs").mkdir(parents=True, exist_ok=True)
     print(f"training {len(jobs)} run(s) ({len(methods)} method(s) x {len(seeds)} seed(s)), "
@@ -580,7 +633,8 @@ def main(argv=None) -> int:
             if not (rd / "report.json").is_file():
                 continue
             rep = json.loads((rd / "report.json").read_text())
-            test = _test_scores(rd, work / "data", work / "clean_labelsTs")
+            # a run that scored the test cases itself (the plain U-Net: no model.pt to load)
+            test = rep["test"] if "test" in rep else _test_scores(rd, work / "data", work / "clean_labelsTs")
             ev = rep.get("eval", {})
             runs.append({"seed": sd, "test": {k: test[k] for k in ("dice", "iou", "hd95", "asd")},
                          "test_per_case_dice": test["per_case"]["dice"], "test_cases": test["cases"],
@@ -638,14 +692,18 @@ def main(argv=None) -> int:
         lines.append(f"| {r['method']} | {_fmt(t['dice'])} | {per} | {_fmt(t['iou'])} | {_fmt(t['hd95'], 2)} | "
                      f"{_fmt(t['asd'], 2)} | {_fmt(r['refined_train_dice'])} | {_fmt(r['model_train_dice'])} | "
                      f"{r['updates']:.0f} |")
-    lines += _paired_lines(rows)
-    stats = rliable_stats(rows, reps=args.stats_reps)
+    lines += _paired_lines(rows, args.reference)
+    stats = rliable_stats(rows, reps=args.stats_reps, reference=args.reference)
     lines += stats_markdown(stats)
     lines += ["", "\"training labels out\": the pipeline's `refined_labels/` (svl-drl: the label agents' last "
               "round; self-training: the model's predictions of the last round, accepted per case; noisy, "
               "co-teaching, TriNet, clean: the model's predictions on the training images). "
               "\"noisy (updates matched to svl-drl)\": `--updates` = the svl-drl run's updates of the same seed "
-              "instead of the CPU budget.",
+              "instead of the CPU budget."
+              + (f" \"{PLAIN_UNET}\": benchmarks/plain_unet.py (MONAI UNet, channels {PLAIN_UNET_CHANNELS}, "
+                 f"{PLAIN_UNET_RES_UNITS} residual units, z-scored images, DiceCE loss, fp32) with the same CPU "
+                 "budget; its training labels out are its predictions on the training images."
+                 if PLAIN_UNET in methods else ""),
               f"Whole benchmark: {total_min:.1f} min wall on {os.cpu_count()} cores "
               f"({platform.processor() or platform.machine()}).",
               f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "

@@ -55,9 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept", choices=ACCEPT_RULES, default=None,
                    help="svl-drl, self-training: how a round's proposals become training labels: average "
                         "(default; the mean of the agents' and the segmentation decoder's foreground probabilities "
-                        "> 0.5), consensus (a greedy edit stands only where the decoder agrees; better test Dice, "
+                        "> 0.5), agents (the agents' foreground probability > 0.5, the decoder not asked), consensus "
+                        "(a greedy edit stands only where the decoder agrees; better test Dice, "
                         "refined labels hardly change), zscore (a case's edit must stand out from the other "
                         "cases'; assumes most cases are clean) or all; README 'Realistic phantoms'")
+    p.add_argument("--refit", type=float, default=None, metavar="FRAC", dest="refit_frac",
+                   help="svl-drl, self-training: the last FRAC of the budget trains the segmentation network "
+                        "alone on the last round's labels (made at the end of Full RL); 0 = none")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
                         "(keep / enhance / weaken; default 4; 0 = off)")
@@ -84,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sliding-window size of every prediction (training-image agreement, label refinement, "
                         "and the model's default for `svl-drl segment`; default: the training --patch; "
                         "64 was the default before it was measured to cost test Dice, README 'Staged pipeline')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="options",
+                   help="any other training option (agents.staged.DEFAULT_TRAIN), e.g. --set warmup_frac=0.15; "
+                        "VALUE is read as JSON, else as a string; repeatable; unknown keys are refused")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; results can differ between thread counts)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -101,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
     if args.updates is not None and args.updates < 1:
         raise ValueError(f"--updates must be >= 1, got {args.updates}")
     # the training options given on the command line (None: the default or the fingerprint's)
-    config = {k: getattr(args, k) for k in ("rounds", "patch", "batch", "window", "accept", "intensity_every")
+    config = {k: getattr(args, k) for k in ("rounds", "patch", "batch", "window", "accept", "intensity_every",
+                                            "refit_frac")
               if getattr(args, k) is not None}
     if args.agents_train_encoder:
         config["agent_encoder_grad"] = True
+    config.update(parse_options(args.options))
     model_config = {"backbone": args.backbone}
     if args.width is not None:
         model_config["width"] = args.width
@@ -124,3 +133,20 @@ def run(args: argparse.Namespace) -> int:
               f"{ev['refined_labels']['dice']:.4f}, model on training images "
               f"{ev['model_on_training_images']['dice']:.4f}")
     return 0
+
+
+def parse_options(items) -> dict:
+    """``["warmup_frac=0.15", "agent_noise=mt+sp"]`` -> ``{"warmup_frac": 0.15, "agent_noise": "mt+sp"}``
+    (JSON values, else strings); the keys are checked by ``make_train_config``."""
+    import json
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

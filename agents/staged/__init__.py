@@ -10,6 +10,8 @@ One network -- a shared 3D encoder with a segmentation, a value and a policy dec
                 pooled with the segmentation decoder's (``accept``; no clean cases assumed), and
                 the result is the next round's training labels (the dynamic iterative update);
                 every 4th update is an intensity-agent episode
+    Refit       L = L_dice on the last round's labels (optional, ``refit_frac``; the last
+                round is then made at the end of Full RL; ``refit_reinit``: from fresh weights)
 
 The label agents' value and policy losses train their decoders, not the shared encoder
 (``agent_encoder_grad``, off by default: measured, sending them into the encoder cost test

@@ -43,6 +43,12 @@ DEFAULT_TRAIN: dict = {
     # Dice in one run, 0.3 with 3 rounds and accept_z 1.0 gave 0.735 on average, 0.15 gave 0.742;
     # with agent_encoder_grad off, 0.777 over seeds 0-3 on 64 test cases; README "Staged pipeline")
     "warmup_frac": 0.30, "transition_frac": 0.10, "rounds": 3,
+    # refit_frac: a last stage (svl-drl, self-training) of plain segmentation training (the Warmup
+    # loss) on the last round's labels, which is then made at the end of Full RL; 0 = none
+    "refit_frac": 0.0,
+    # refit_reinit: Refit starts from fresh weights with its own learning-rate schedule (the
+    # labels are all it keeps of the earlier stages)
+    "refit_reinit": False,
     # loss weights (svl-drl)
     "lambda_max": 0.3, "alpha": 0.1, "beta_max": 0.3, "beta_ramp": 0.3,
     # label agents (svl-drl)
@@ -54,8 +60,9 @@ DEFAULT_TRAIN: dict = {
     # Dice (0.750 vs 0.777 over seeds 0-3, 64 test cases; README "Staged pipeline").
     "agent_encoder_grad": False,
     # acceptance of the agents' proposals after each round (label_refinement.accept_proposals;
-    # neither of the first two compares cases, so neither needs clean ones): "average" (the mean of the
-    # agents' and the decoder's foreground probabilities > 0.5), "consensus" (an edit stands where
+    # none of the first three compares cases, so none needs clean ones): "average" (the mean of the
+    # agents' and the decoder's foreground probabilities > 0.5), "agents" (the agents' probability
+    # alone > 0.5), "consensus" (an edit stands where
     # the decoder agrees), "zscore" (a case's edit must stand out from the other cases'; the
     # previous default, which assumes that most cases are clean) or "all"; accept_z: zscore's
     # threshold. Measured (README "Realistic phantoms"): refined labels vs truth average 0.754 /
@@ -90,12 +97,12 @@ def make_train_config(**overrides) -> dict:
         cfg["window"] = _size(cfg["window"], "window")
     except ValueError:
         raise ValueError(f"window must be >= 1 (or 0: the training patch), got {cfg['window']!r}") from None
-    for k in ("ema", "warmup_frac", "transition_frac", "agent_noise_ratio", "refine_confidence", "forget_rate",
-              "forget_ramp", "gamma", "lr_min_frac"):
+    for k in ("ema", "warmup_frac", "transition_frac", "refit_frac", "agent_noise_ratio", "refine_confidence",
+              "forget_rate", "forget_ramp", "gamma", "lr_min_frac"):
         if not 0.0 <= float(cfg[k]) <= 1.0:
             raise ValueError(f"{k} must be in [0, 1], got {cfg[k]!r}")
-    if cfg["warmup_frac"] + cfg["transition_frac"] >= 1.0:
-        raise ValueError("warmup_frac + transition_frac must be < 1 (Full RL takes the rest)")
+    if cfg["warmup_frac"] + cfg["transition_frac"] + cfg["refit_frac"] >= 1.0:
+        raise ValueError("warmup_frac + transition_frac + refit_frac must be < 1 (Full RL takes the rest)")
     from agents.staged.label_refinement import ACCEPT_RULES
 
     if cfg["accept"] not in ACCEPT_RULES:

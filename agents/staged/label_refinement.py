@@ -226,7 +226,9 @@ def robust_z(values) -> np.ndarray:
 
 
 #: acceptance rules of a refinement round (``accept_proposals``; ``make_train_config``'s ``accept``)
-ACCEPT_RULES = ("average", "consensus", "zscore", "all")  # the default first
+ACCEPT_RULES = ("average", "agents", "consensus", "zscore", "all")  # the default first
+#: rules that read the agents' foreground probability rather than their greedy proposal
+PROBABILITY_RULES = ("average", "agents")
 #: fewer cases than this: the ``zscore`` rule has no robust statistic and accepts every proposal
 ZSCORE_MIN_CASES = 6
 
@@ -271,6 +273,10 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
       decoder. Two estimators trained on different signals -- the agents on the reward against
       the (re-corrupted) given labels, the decoder on the labels of every case -- are pooled.
       Nothing is compared across cases, so it works when every case is noisy.
+    - ``"agents"``: the agents' proposal alone, ``p_proposer > 0.5`` (with the foreground
+      probability as the proposal, its expected outcome over the policy rather than the greedy
+      action). The decoder is not asked: on the training images it has learnt the given labels'
+      noise, so it pulls the average towards them.
     - ``"consensus"``: an edited voxel is kept where the proposal agrees with the segmentation
       decoder (probability > 0.5 for a voxel the proposal adds, <= 0.5 for one it removes);
       every other voxel keeps its label. Stricter: with the greedy proposals of barely trained
@@ -305,7 +311,7 @@ def accept_proposals(labels: list[np.ndarray], proposals: list[np.ndarray], prob
         out = [np.where((p != lab) & (p == (pr > 0.5)), p, lab) for p, lab, pr in zip(proposals, labels, probs)]
     elif rule == "average":
         out = [(q + pr) / 2 > 0.5 for q, pr in zip(soft, probs)]
-    elif rule == "all" or n < ZSCORE_MIN_CASES or float(cfg["accept_z"]) <= 0:
+    elif rule == "all" or rule == "agents" or n < ZSCORE_MIN_CASES or float(cfg["accept_z"]) <= 0:
         out = list(proposals)
     else:
         for i, (lab, pr) in enumerate(zip(labels, probs)):
@@ -336,6 +342,6 @@ def refine_labels(model: StagedNet, training_set, *, cfg: dict, device="cpu",
     labels, proposals, probs = propose_labels(model, training_set, max_steps=cfg["agent_steps"],
                                               confidence=cfg["refine_confidence"], window=cfg["window"],
                                               start=cfg["refine_from"], device=device,
-                                              probability=cfg.get("accept", "average") == "average",
+                                              probability=cfg.get("accept", "average") in PROBABILITY_RULES,
                                               progress=progress)
     return accept_proposals(labels, proposals, probs, cfg)

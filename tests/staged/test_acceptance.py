@@ -97,3 +97,15 @@ def test_average_rule_lets_the_more_confident_estimator_win():
     probs[1] = np.where(truths[1], 0.6, 0.1).astype(np.float32)
     out, _ = accept_proposals(labels, soft, probs, make_train_config(accept="average"))
     assert np.array_equal(out[1], truths[1])
+
+
+def test_agents_rule_takes_the_agents_probability_alone():
+    truths, labels, proposals, probs = _all_noisy(2)
+    soft = [np.where(t, 0.6, 0.3).astype(np.float32) for t in truths]  # agents: truth, not confident
+    probs = [np.where(lab, 0.9, 0.1).astype(np.float32) for lab in labels]  # decoder: learnt the noise
+    out, info = accept_proposals(labels, soft, probs, make_train_config(accept="agents"))
+    assert info["rule"] == "agents" and info["n_accepted"] == 2
+    assert all(_dice(o, t) == 1.0 for o, t in zip(out, truths))
+    # the average of the two keeps the noisy labels: the confident decoder outvotes the agents
+    out, _ = accept_proposals(labels, soft, probs, make_train_config(accept="average"))
+    assert all(np.array_equal(o, lab) for o, lab in zip(out, labels))

@@ -188,6 +188,10 @@ def test_benchmark_rows_and_the_update_count_helper(tmp_path, benchmark_script):
             for m, d in (("svl-drl", 0.8), ("trinet", 0.7), ("self-training", 0.75), (row, 0.6))]
     text = "\n".join(b._paired_lines(rows))
     assert "- trinet: +0.1000" in text and "- self-training: +0.0500" in text and f"- {row}: +0.2000" in text
+    text = "\n".join(b._paired_lines(rows, "self-training"))  # --reference: another row as the reference
+    assert "self-training minus each method" in text and "- svl-drl: -0.0500" in text and "- trinet: +0.0500" in text
+    for m in ("svl-drl (refit)", "self-training (refit)"):  # the refit rows share their schedule
+        assert b.METHODS[m][0][-len(b.REFIT):] == b.REFIT
 
 
 def test_cli_help_names_every_method(capsys):
@@ -200,3 +204,29 @@ def test_cli_help_names_every_method(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for m in METHODS:
         assert f"{m}:" in text
+
+
+# -- Refit from fresh weights
+
+
+@pytest.mark.parametrize("method", ["svl-drl", "self-training"])
+def test_refit_reinit_restarts_weights_and_schedule(ts, method):
+    """``refit_reinit``: Refit starts from new weights with its own learning-rate schedule, and
+    trains on the last round's labels (the output labels)."""
+    from agents.common.budget import Budget
+    from agents.staged.harness import make_train_config
+    from agents.staged.methods import train
+
+    cfg = {**TINY, "rounds": 1, "refit_frac": 0.5, "refit_reinit": True, "intensity_every": 0}
+    r = train(method, ts, budget=Budget(updates=12), seed=0, config=cfg, model_config=MODEL, progress=False)
+    c = r.curves
+    first = c["stage"].index("refit")
+    assert c["stage"][first:] == ["refit"] * 6 and c["update"][first] == 6
+    lr0 = make_train_config()["lr"]
+    assert c["lr"][first] == pytest.approx(lr0) and c["lr"][first - 1] < lr0  # the schedule restarts
+    assert [x["update"] for x in r.extra["refinements"]] == [6]
+    # without reinit the same run continues the decayed schedule
+    r2 = train(method, ts, budget=Budget(updates=12), seed=0, config={**cfg, "refit_reinit": False},
+               model_config=MODEL, progress=False)
+    assert r2.curves["lr"][first] < lr0
+    assert not all(torch.equal(a, b) for a, b in zip(r.model.state_dict().values(), r2.model.state_dict().values()))

@@ -315,3 +315,26 @@ def test_label_agent_losses_reach_the_encoder_only_when_asked(folder, encoder_gr
     assert all(g is not None and bool(g.abs().sum() > 0) for g in dec[:1])
     touched = any(g is not None and bool(g.abs().sum() > 0) for g in enc)
     assert touched is encoder_grad
+
+
+@pytest.mark.parametrize("method", ["svl-drl", "self-training"])
+def test_refit_trains_on_the_last_rounds_labels(folder, tmp_path, method):
+    """``--refit F``: every round inside the loop (the last at the end of Full RL), then F of the
+    budget of plain segmentation updates; the output labels are the last round's."""
+    data, _ = folder
+    out = tmp_path / method
+    assert main(["pipeline", "--data", str(data), "--out", str(out), "--method", method, "--refit", "0.3",
+                 *[a if a != "8" else "10" for a in FAST]]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in report["stage_plan"]] == ["warmup", "transition", "full", "refit"]
+    assert report["stage_plan"][-1]["start"] == pytest.approx(0.7)
+    refit = [e for e in report["entries"] if e["stage"] == "refit"]
+    assert len(refit) == 1 and refit[0]["updates"] == 3 and refit[0]["weights"]["value"] == 0.0
+    assert all(e["updates"] > 0 for e in report["entries"])
+    rounds = report["refinements"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["update"] == refit[0]["first_update"] == 7
+    assert report["refined_labels_from"].endswith("last round)")
+    with pytest.raises(ValueError, match="refit_frac"):
+        from agents.staged.harness import make_train_config
+
+        make_train_config(warmup_frac=0.5, refit_frac=0.5)

@@ -62,8 +62,8 @@ def test_plain_unet_learns_a_bright_cube(benchmark_script):
         lab[5:15, 4:14, 6:16] = True
         imgs.append(pu.zscore(lab + 0.3 * g.standard_normal(lab.shape)))
         labs.append(lab)
-    model, cpu_s = pu.train_plain_unet(imgs, labs, steps=40, seed=0, batch=2, patch=16, lr=1e-2)
-    assert cpu_s > 0
+    model, cpu_s, updates = pu.train_plain_unet(imgs, labs, steps=40, seed=0, batch=2, patch=16, lr=1e-2)
+    assert cpu_s > 0 and updates == 40
     pred = pu.predict(model, imgs[0], patch=16)
     assert pred.shape == labs[0].shape
     assert pu.mean_dice([pred], [labs[0]]) > 0.8

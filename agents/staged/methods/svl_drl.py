@@ -49,12 +49,16 @@ STAGES = ("warmup", "transition", "full")
 
 
 def stage_plan(stages, cfg: dict) -> list[tuple[str, float, float]]:
-    """[(stage, start, end)] over progress [0, 1] for the enabled ``stages`` (in paper order)."""
+    """[(stage, start, end)] over progress [0, 1] for the enabled ``stages`` (in paper order), then
+    ``"refit"`` (``refit_frac`` of the budget) when Full RL is enabled and ``refit_frac`` > 0."""
     stages = [s for s in STAGES if s in set(stages)]
     if not stages:
         raise ValueError(f"at least one stage of {', '.join(STAGES)} is needed")
+    refit = float(cfg.get("refit_frac", 0.0)) if "full" in stages else 0.0
+    if refit > 0:
+        stages.append("refit")
     share = {"warmup": cfg["warmup_frac"], "transition": cfg["transition_frac"],
-             "full": 1.0 - cfg["warmup_frac"] - cfg["transition_frac"]}
+             "full": 1.0 - cfg["warmup_frac"] - cfg["transition_frac"] - refit, "refit": refit}
     total = sum(share[s] for s in stages)
     plan, acc = [], 0.0
     for s in stages:
@@ -120,6 +124,10 @@ class StagedRun:
             a, b = full[0]
             n = int(cfg["rounds"])
             self.refine_at = [a + (b - a) * k / n for k in range(1, n + 1)]
+        # with a Refit stage every round (the last at the end of Full RL) happens inside the loop,
+        # and Refit trains on the last round's labels; without one the last round is made at the
+        # end of the budget by the weight-averaged model and only gives the output labels
+        self.rounds_in_loop = len(self.refine_at) - (0 if any(s == "refit" for s, _, _ in plan) else 1)
         self.refined: list[np.ndarray] | None = None
         self.refinements: list[dict] = []
         self.round_labels: list[list[np.ndarray]] = []
@@ -170,15 +178,18 @@ class StagedRun:
         refine_idx = 0
         while True:
             p = clock.progress(u)
-            while refine_idx < len(self.refine_at) - 1 and p >= self.refine_at[refine_idx]:
+            while refine_idx < self.rounds_in_loop and p >= self.refine_at[refine_idx]:
                 with clock.paused():
                     agree = self._agreement()
                 self.rec.close(u, clock.cpu_s, **agree)
                 self._refine(clock, u, rnd, last=False)
                 self.rec.entries[-1]["refinement"] = self.refinements[-1]
                 refine_idx += 1
-                rnd += 1
-                self.rec.open(stage_now, rnd, u, clock.cpu_s)
+                if refine_idx < len(self.refine_at):
+                    rnd += 1
+                    self.rec.open(stage_now, rnd, u, clock.cpu_s)
+                else:  # the last round ends Full RL: Refit opens next
+                    stage_now = None
                 p = clock.progress(u)
             if p >= 1.0:
                 break
@@ -189,8 +200,13 @@ class StagedRun:
                         agree = self._agreement()
                     self.rec.close(u, clock.cpu_s, **agree)
                 stage_now = stage
+                if stage == "refit" and cfg["refit_reinit"]:
+                    self._reinitialise()
                 self.rec.open(stage, rnd, u, clock.cpu_s)
-            lr = lr_at(cfg, p)
+            if stage == "refit" and cfg["refit_reinit"]:
+                lr = lr_at(cfg, sp)  # a fresh network: the schedule starts again over Refit
+            else:
+                lr = lr_at(cfg, p)
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["mult"]
             m = self._update(u, stage, sp)
@@ -205,7 +221,7 @@ class StagedRun:
         with clock.paused():
             agree = self._agreement()
         self.rec.close(u, cpu_s, **agree)
-        if self.refine_at:  # the last round's refinement: the output labels
+        if self.refine_at and self.rounds_in_loop < len(self.refine_at):  # the last round: the output labels
             self._refine(clock, u, rnd, last=True)
             self.rec.entries[-1]["refinement"] = self.refinements[-1]
         cpu_s, wall_s = clock.cpu_s, clock.wall_s
@@ -222,12 +238,22 @@ class StagedRun:
                                   "stage_plan": [{"stage": s, "start": a, "end": b} for s, a, b in self.plan],
                                   "refine_at_progress": self.refine_at})
 
+    def _reinitialise(self) -> None:
+        """Refit from fresh weights (``refit_reinit``): the network that learnt the given labels
+        has also learnt some of their noise, which a continued training on cleaner labels at the
+        end of a decayed schedule does not unlearn. New weights (seed + 1), optimiser state and
+        weight average; the last round's labels (already made) are all that is kept."""
+        fresh = make_model(dict(self.model.config), seed=self.seed + 1).to(self.device)
+        self.model.load_state_dict(fresh.state_dict())
+        self.opt.state.clear()
+        self.ema = WeightEMA(self.model, self.cfg["ema"])
+
     def _update(self, u: int, stage: str, sp: float) -> dict:
         cfg, model = self.cfg, self.model
         useed = update_seed(self.seed, u)
         w = stage_weights(stage, sp, self.weights)
         m = {"w_dice": w["dice"], "w_value": w["value"], "w_policy": w["policy"]}
-        if stage == "warmup" or self.episodes is None:
+        if stage in ("warmup", "refit") or self.episodes is None:
             x, y = self.ts.sample(useed, cfg["batch"], self.patch, self.device, augment=bool(cfg["augment"]))
             loss = self.seg_loss(model(x), y)
             m.update(dice_loss=loss.detach())

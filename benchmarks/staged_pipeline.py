@@ -709,7 +709,8 @@ def main(argv=None) -> int:
               f"Command: `python benchmarks/staged_pipeline.py --cpu-minutes {args.cpu_minutes:g} --jobs {args.jobs} "
               f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}"
               + (f" --preset {args.preset}" if args.preset else "")
-              + ("" if tuple(methods) == DEFAULT_METHODS else f" --methods '{','.join(methods)}'") + "`"]
+              + ("" if tuple(methods) == DEFAULT_METHODS else f" --methods '{','.join(methods)}'")
+              + ("" if args.reference == REFERENCE else f" --reference '{args.reference}'") + "`"]
     table = "\n".join(lines)
     print()
     print(table)

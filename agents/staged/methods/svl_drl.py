@@ -23,6 +23,10 @@ The budget is split by ``progress`` in [0, 1] into the enabled stages (``warmup_
   refined labels drifted towards the model's own predictions in every run we tried (labels
   and test Dice both got worse round after round). The last round's refinement (at the end
   of the budget) gives the output labels.
+* **Refit** (optional, ``refit_frac`` > 0; not in the paper): the last round is made at the end
+  of Full RL instead, and the rest of the budget trains the segmentation decoder alone (the
+  Warmup loss) on its labels -- from fresh weights and a restarted learning-rate schedule with
+  ``refit_reinit``. The output labels are that round's.
 
 The label agents' L_value / L_policy reach their own decoders only (``agent_encoder_grad``
 False, the default): the shared encoder learns from L_dice and the intensity episodes.

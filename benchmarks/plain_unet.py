@@ -163,31 +163,24 @@ def images_ts_dir(test) -> Path:
 
 
 def score_test(model, test, patch: int = 32) -> dict:
-    """Test scores of ``model`` as the staged benchmark's ``_test_scores`` computes them.
+    """Test scores of ``model`` by the staged benchmark's ``score_test_cases``, so the cases,
+    truths, spacings and scorer are the other rows'; only the image the model sees is this
+    recipe's (the raw intensities z-scored). ``test``: see ``images_ts_dir`` (and
+    ``test/clean_labelsTs``). Returns ``score_masks``' dict (HD95 and ASD in mm) plus "cases"."""
+    images = images_ts_dir(test)
+    if not any(images.glob("*.nii.gz")):
+        raise FileNotFoundError(f"no test images (*.nii.gz) in {images}")
+    return _staged_benchmark().score_test_cases(images, Path(test) / "clean_labelsTs",
+                                                lambda _, ip: predict(model, zscore(_read(ip)), patch))
 
-    The cases are the sorted ``imagesTs/*.nii.gz`` of ``test`` (``images_ts_dir``); truth
-    (label 1) and spacing (mm, array axis order, from the NIfTI header) of each come from
-    ``svl_env.data.nifti.load_case`` with ``clean_labelsTs/<same name>``, exactly as for the other
-    rows; only the image the model sees is this recipe's (the raw intensities z-scored).
-    Returns ``agents.staged.pipeline.score_masks``' dict (mean "dice", "iou", "hd95", "asd"; HD95
-    and ASD in mm; "per_case" lists) plus "cases": the names without ``.nii.gz``, in the order of
-    the per-case lists."""
-    from agents.staged.pipeline import score_masks
-    from svl_env.data.nifti import load_case
 
-    test = Path(test)
-    preds, truths, spacings, names = [], [], [], []
-    for ip in sorted(images_ts_dir(test).glob("*.nii.gz")):
-        case = load_case(ip, test / "clean_labelsTs" / ip.name)
-        preds.append(predict(model, zscore(_read(ip)), patch))
-        truths.append(case.label)
-        spacings.append(case.spacing)
-        names.append(ip.name[: -len(".nii.gz")])
-    if not names:
-        raise FileNotFoundError(f"no test images (*.nii.gz) in {images_ts_dir(test)}")
-    out = score_masks(preds, truths, spacings)
-    out["cases"] = names
-    return out
+def _staged_benchmark():
+    """``benchmarks/staged_pipeline.py`` as a module (its data builder, options and scorer)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import staged_pipeline
+
+    return staged_pipeline
 
 
 METHOD = "plain U-Net"  # report.json "method": the staged benchmark's row name
@@ -241,8 +234,9 @@ def _fmt(x) -> str:
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from staged_pipeline import add_phantom_args, make_phantom_dataset, parse_with_preset, phantom_options
+    sp = _staged_benchmark()
+    add_phantom_args, make_phantom_dataset = sp.add_phantom_args, sp.make_phantom_dataset
+    parse_with_preset, phantom_options = sp.parse_with_preset, sp.phantom_options
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

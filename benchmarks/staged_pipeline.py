@@ -294,23 +294,37 @@ def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, logdir: Path) ->
     return done
 
 
-def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
-    from agents.staged.checkpoint import load_model
+def score_test_cases(images_ts: Path, clean_ts: Path, predict, modality: str = "auto") -> dict:
+    """Every row's test scores: the sorted ``images_ts/*.nii.gz``, each read with its clean label
+    ``clean_ts/<same name>`` (``svl_env.data.nifti.load_case``, ``modality`` normalisation) and
+    segmented by ``predict(case, image_path)`` -> (D, H, W) bool. Returns
+    ``agents.staged.pipeline.score_masks``' dict plus "cases": the names without ``.nii.gz``, in
+    the order of its per-case lists."""
     from agents.staged.pipeline import score_masks
-    from agents.staged.segment import predict_probability
     from svl_env.data.nifti import load_case
 
-    model, meta = load_model(run_dir)
     preds, truths, spacings, names = [], [], [], []
-    for ip in sorted((data / "imagesTs").glob("*.nii.gz")):
-        case = load_case(ip, clean_ts / ip.name, modality=meta.get("modality", "auto"))
-        preds.append(predict_probability(model, case.image, window=meta.get("window", 64)) > 0.5)
+    for ip in sorted(Path(images_ts).glob("*.nii.gz")):
+        case = load_case(ip, Path(clean_ts) / ip.name, modality=modality)
+        preds.append(predict(case, ip))
         truths.append(case.label)
         spacings.append(case.spacing)
         names.append(ip.name[: -len(".nii.gz")])
     out = score_masks(preds, truths, spacings)
-    out["cases"] = names  # the order of out["per_case"] lists: sorted test-case names
+    out["cases"] = names
     return out
+
+
+def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
+    """A staged run's test scores (``score_test_cases`` with its ``model.pt``)."""
+    from agents.staged.checkpoint import load_model
+    from agents.staged.segment import predict_probability
+
+    model, meta = load_model(run_dir)
+    window = meta.get("window", 64)
+    return score_test_cases(data / "imagesTs", clean_ts,
+                            lambda case, _: predict_probability(model, case.image, window=window) > 0.5,
+                            modality=meta.get("modality", "auto"))
 
 
 def _paired_lines(rows, reference: str = "svl-drl") -> list[str]:

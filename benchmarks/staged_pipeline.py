@@ -90,6 +90,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # the refit schedule (issue 16): the agents' labels alone (no intensity agents, one round at the end
 # of Full RL), then 40 % of the budget retraining from fresh weights on them; Warmup 15 %
 REFIT = ["--rounds", "1", "--refit", "0.4", "--set", "warmup_frac=0.15", "--set", "refit_reinit=true"]
+# the cross-fit schedule (issue 16): the refit schedule after a first quarter of the budget that gives
+# every case an out-of-fold consensus (agents.staged.crossfit), the agents' input in place of the
+# decoder's; Warmup 10 %, Transition 5 %, Full RL 25 %, Refit 35 %
+CROSSFIT = ["--rounds", "1", "--crossfit", "0.25", "--refit", "0.35", "--set", "warmup_frac=0.1",
+            "--set", "transition_frac=0.05", "--set", "refit_reinit=true"]
 METHODS = {  # name -> (pipeline args, uses clean training labels)
     "noisy": (["--method", "noisy"], False),
     "coteaching": (["--method", "coteaching"], False),
@@ -105,6 +110,11 @@ METHODS = {  # name -> (pipeline args, uses clean training labels)
     # "Realistic phantoms"), and self-training with the same schedule (its matched control)
     "svl-drl (refit)": (["--method", "svl-drl", "--intensity-every", "0", "--accept", "agents", *REFIT], False),
     "self-training (refit)": (["--method", "self-training", *REFIT], False),
+    # the same with the cross-fit consensus, and its matched control (self-training pooling its
+    # own prediction with the same consensus)
+    "svl-drl (cross-fit)": (["--method", "svl-drl", "--intensity-every", "0", "--accept", "agents", *CROSSFIT],
+                            False),
+    "self-training (cross-fit)": (["--method", "self-training", *CROSSFIT], False),
     "clean (upper bound)": (["--method", "noisy"], True),
     "noisy (updates matched to svl-drl)": (["--method", "noisy"], False),
 }

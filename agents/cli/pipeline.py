@@ -62,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refit", type=float, default=None, metavar="FRAC", dest="refit_frac",
                    help="svl-drl, self-training: the last FRAC of the budget trains the segmentation network "
                         "alone on the last round's labels (made at the end of Full RL); 0 = none")
+    p.add_argument("--crossfit", type=float, default=None, metavar="FRAC", dest="crossfit_frac",
+                   help="svl-drl, self-training: the first FRAC of the budget trains 2 segmentation networks on "
+                        "complementary halves of the cases; each case's prediction by the network that did not see "
+                        "its label becomes the label agents' consensus input (and the acceptance rules' reference) "
+                        "in place of the decoder, which learns the given labels' noise; 0 = none")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
                         "(keep / enhance / weaken; default 4; 0 = off)")
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--updates must be >= 1, got {args.updates}")
     # the training options given on the command line (None: the default or the fingerprint's)
     config = {k: getattr(args, k) for k in ("rounds", "patch", "batch", "window", "accept", "intensity_every",
-                                            "refit_frac")
+                                            "refit_frac", "crossfit_frac")
               if getattr(args, k) is not None}
     if args.agents_train_encoder:
         config["agent_encoder_grad"] = True

@@ -3,6 +3,9 @@
 One network -- a shared 3D encoder with a segmentation, a value and a policy decoder
 (``model.StagedNet``) -- is trained in the paper's stages (``methods.svl_drl``):
 
+    Cross-fit   (optional, ``crossfit_frac``) 2 segmentation networks, each on the cases outside
+                one fold: every case's out-of-fold probability becomes the label agents'
+                consensus input (``crossfit``)
     Warmup      L = L_dice                                   on the given labels
     Transition  L = (1 - λ) L_dice + λ L_value               + label-agent episodes (critic only)
     Full RL     L = (1 - α - β) L_dice + α L_value + β L_policy, in rounds; after each round the

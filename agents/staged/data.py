@@ -62,7 +62,8 @@ class TrainingSet:
     """Cases of a training folder: images, the given labels, the current labels.
 
     Attributes: ``names``, ``images`` (list of (D, H, W) float32 in [0, 1]), ``given`` and
-    ``current`` (lists of (D, H, W) bool), ``cases`` (``nifti.Case``, label = the given one),
+    ``current`` (lists of (D, H, W) bool), ``consensus`` (None, or the cross-fit stage's
+    out-of-fold probabilities, (D, H, W) float32 per case), ``cases`` (``nifti.Case``, label = the given one),
     ``label_paths`` (the given label files: reference for writing refined labels), ``modality``
     and ``ct_window`` (the intensity normalisation the images were read with: "ct", "mr",
     "none", or "auto" = per case, CT when the raw minimum is below -500; see
@@ -85,9 +86,18 @@ class TrainingSet:
         self.ct_window = tuple(float(v) for v in ct_window)
         self._source: CaseSource | None = None
         self._given_source: CaseSource | None = None
+        # the out-of-fold foreground probability of every case (``agents.staged.crossfit``),
+        # once a cross-fit stage has made it: the label agents' consensus in place of the
+        # segmentation decoder's own prediction; None: the decoder's
+        self.consensus: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.cases)
+
+    def subset(self, indices) -> "TrainingSet":
+        """The cases ``indices`` (their given labels) as a training set of their own."""
+        return TrainingSet([self.cases[i] for i in indices], fg_prob=self.fg_prob, modality=self.modality,
+                           ct_window=self.ct_window)
 
     def set_current(self, labels: list[np.ndarray]) -> None:
         """Replace the training labels (same shapes); patch sources are rebuilt."""

@@ -52,6 +52,12 @@ DEFAULT_TRAIN: dict = {
     # labels 0.769 (given 0.7225), test Dice IQM 0.677, level with self-training on the same
     # schedule (0.678), noisy 0.667
     "refit_frac": 0.0, "refit_reinit": False,
+    # crossfit_frac: a first stage (svl-drl, self-training) that trains crossfit_folds
+    # segmentation networks, each on the cases outside one fold, and gives every case an
+    # out-of-fold probability: the label agents' consensus input and the acceptance rules'
+    # reference instead of the segmentation decoder, which learns the given labels' noise
+    # (agents.staged.crossfit); 0 = none
+    "crossfit_frac": 0.0, "crossfit_folds": 2,
     # loss weights (svl-drl)
     "lambda_max": 0.3, "alpha": 0.1, "beta_max": 0.3, "beta_ramp": 0.3,
     # label agents (svl-drl)
@@ -100,12 +106,16 @@ def make_train_config(**overrides) -> dict:
         cfg["window"] = _size(cfg["window"], "window")
     except ValueError:
         raise ValueError(f"window must be >= 1 (or 0: the training patch), got {cfg['window']!r}") from None
-    for k in ("ema", "warmup_frac", "transition_frac", "refit_frac", "agent_noise_ratio", "refine_confidence",
+    for k in ("ema", "warmup_frac", "transition_frac", "refit_frac", "crossfit_frac", "agent_noise_ratio",
+              "refine_confidence",
               "forget_rate", "forget_ramp", "gamma", "lr_min_frac"):
         if not 0.0 <= float(cfg[k]) <= 1.0:
             raise ValueError(f"{k} must be in [0, 1], got {cfg[k]!r}")
-    if cfg["warmup_frac"] + cfg["transition_frac"] + cfg["refit_frac"] >= 1.0:
-        raise ValueError("warmup_frac + transition_frac + refit_frac must be < 1 (Full RL takes the rest)")
+    if cfg["crossfit_frac"] + cfg["warmup_frac"] + cfg["transition_frac"] + cfg["refit_frac"] >= 1.0:
+        raise ValueError("crossfit_frac + warmup_frac + transition_frac + refit_frac must be < 1 "
+                         "(Full RL takes the rest)")
+    if int(cfg["crossfit_folds"]) < 2:
+        raise ValueError(f"crossfit_folds must be >= 2, got {cfg['crossfit_folds']!r}")
     from agents.staged.label_refinement import ACCEPT_RULES
 
     if cfg["accept"] not in ACCEPT_RULES:

@@ -18,6 +18,11 @@ all-action term and the outcome Dice term (``outcome_loss``). No clean label is 
 what the user gave us. (The segmentation loss of the same patches uses the *current* training
 labels: ``TrainingSet.crop_like_given``.)
 
+With a cross-fit stage (``crossfit_frac``; ``agents.staged.crossfit``) the ``seg_prob`` state
+(and with it ``consensus_gap``) is the out-of-fold probability of the case
+(``TrainingSet.consensus``), in the episodes and in refinement: the segmentation decoder has
+learnt the given labels it would be judging, and agents that read it learn to copy it.
+
 Why this can refine the given labels (the "dynamic iterative update"; noisier-to-noisy): the
 agents learn to restore the given label G from a *noisier* version of it -- G corrupted once
 more by the project's own noise protocol -- using the image and the model's consensus
@@ -119,7 +124,10 @@ class LabelAgentEpisodes:
         out = {"dice_loss": seg_loss_fn(seg, seg_target[:, None])}
         if not with_agents:
             return out
-        seg_prob = torch.sigmoid(seg.detach())[:, 0]
+        if self.ts.consensus is not None:  # the cross-fit consensus: it never saw these cases' labels
+            seg_prob = A(self.ts.crop_like_given(s["keys"], self.patch_shape, self.ts.consensus))
+        else:
+            seg_prob = torch.sigmoid(seg.detach())[:, 0]
         if not self.encoder_grad:  # the agents' losses train their decoders only
             feats = [f.detach() for f in feats]
         logits, actions, values, rewards, qs, outcome = [], [], [], [], [], []
@@ -168,7 +176,7 @@ def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor)
 @torch.no_grad()
 def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max_steps: int = 3,
                   confidence: float = 0.5, window=64, overlap: float = 0.25, device="cpu",
-                  probability: bool = False) -> np.ndarray:
+                  probability: bool = False, consensus: np.ndarray | None = None) -> np.ndarray:
     """Let the label agents act on one whole label volume; returns the refined mask (D, H, W) bool.
 
     The episode starts from ``label`` (the current training label, not corrupted); at each of
@@ -180,6 +188,9 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
     (D, H, W) float32 in [0, 1]: ``Σ_a π_a c_a`` over the last step's policy, with ``c_a`` the
     state action ``a`` gives the voxel (``svl_env.dynamics.label_candidates``; the quantity
     vA3C's outcome loss trains), the earlier steps greedy as above.
+
+    ``consensus``: the agents' ``seg_prob`` state, (D, H, W) in [0, 1] (the cross-fit stage's
+    out-of-fold probability, ``TrainingSet.consensus``); None: the model's own segmentation.
     """
     from svl_env.dynamics import label_candidates
 
@@ -189,7 +200,7 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
     def run(x, _):
         img, lab = x[:, :1], x[:, 1]
         feats = model.encode(img)
-        seg_prob = torch.sigmoid(model.seg_logits(feats, img.shape[-3:]))[:, 0]
+        seg_prob = x[:, 2] if consensus is not None else torch.sigmoid(model.seg_logits(feats, img.shape[-3:]))[:, 0]
         mask = lab.clone()
         for t in range(max_steps):
             logits, _, _ = model.agent_outputs(feats, state_channels(mask, lab, seg_prob, t, max_steps))
@@ -202,8 +213,10 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
         return mask[:, None]
 
     try:
-        out = sliding_window(run, [image, label.astype(np.float32)], window=window, overlap=overlap, batch_size=1,
-                             device=device)
+        vols = [image, label.astype(np.float32)]
+        if consensus is not None:
+            vols.append(np.asarray(consensus, np.float32))
+        out = sliding_window(run, vols, window=window, overlap=overlap, batch_size=1, device=device)
     finally:
         model.train(was)
     return out[0] if probability else out[0] > 0.5
@@ -241,17 +254,21 @@ def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confid
     ``start``: ``"given"`` (the annotation as the user gave it: each round refines the annotation
     afresh with the round's agents, so edits never compound into a drift towards the model's own
     predictions) or ``"current"``. Returns (labels the agents started from, proposals
-    (``refine_volume``), the segmentation decoder's foreground probabilities), each a list of
+    (``refine_volume``), the consensus the proposals are judged against), each a list of
     (D, H, W) arrays (bool, bool, float32); ``probability``: the proposals are the agents'
-    foreground probabilities (float32, ``refine_volume(probability=True)``)."""
+    foreground probabilities (float32, ``refine_volume(probability=True)``). The consensus is
+    the segmentation decoder's foreground probability, or the cross-fit stage's out-of-fold one
+    where there is one (``TrainingSet.consensus``; the agents then read it too)."""
     from agents.staged.segment import predict_probability
 
     labels = training_set.given if start == "given" else training_set.current
+    consensus = training_set.consensus
     proposals, probs = [], []
-    for img, lab in zip(training_set.images, labels):
+    for i, (img, lab) in enumerate(zip(training_set.images, labels)):
+        c = None if consensus is None else consensus[i]
         proposals.append(refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
-                                       device=device, probability=probability))
-        probs.append(predict_probability(model, img, window=window, device=device))
+                                       device=device, probability=probability, consensus=c))
+        probs.append(predict_probability(model, img, window=window, device=device) if c is None else c)
         if progress is not None:
             progress.update(1)
     return list(labels), proposals, probs

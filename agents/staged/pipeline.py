@@ -281,7 +281,7 @@ def plot_curves(curves: dict, entries: list[dict], path: Path, title: str = "") 
         start = 0
         for i in range(1, len(stages) + 1):
             if i == len(stages) or stages[i] != stages[start]:
-                colour = {"warmup": "#dde8f5", "transition": "#f5ecd8", "full": "#e1f2e0",
+                colour = {"crossfit": "#e6e6e6", "warmup": "#dde8f5", "transition": "#f5ecd8", "full": "#e1f2e0",
                           "refit": "#efe3f3"}.get(stages[start], "#eee")
                 ax.axvspan(u[start], u[i - 1] + 1, color=colour, lw=0)
                 start = i

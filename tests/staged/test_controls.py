@@ -192,6 +192,8 @@ def test_benchmark_rows_and_the_update_count_helper(tmp_path, benchmark_script):
     assert "self-training minus each method" in text and "- svl-drl: -0.0500" in text and "- trinet: +0.0500" in text
     for m in ("svl-drl (refit)", "self-training (refit)"):  # the refit rows share their schedule
         assert b.METHODS[m][0][-len(b.REFIT):] == b.REFIT
+    for m in ("svl-drl (cross-fit)", "self-training (cross-fit)"):  # and so do the cross-fit rows
+        assert b.METHODS[m][0][-len(b.CROSSFIT):] == b.CROSSFIT
 
 
 def test_cli_help_names_every_method(capsys):

@@ -20,6 +20,12 @@ round on its own predictions; under ``zscore`` a case's prediction is taken only
 accepted result becomes the next round's training labels
 (``TrainingSet.set_current``). The output labels are the last round's (made with the
 weight-averaged model at the end of the budget, as svl-drl's are).
+
+With a cross-fit stage (``crossfit_frac``, ``agents.staged.crossfit``) the out-of-fold
+consensus takes the place the agents' input has in svl-drl: the acceptance rules judge the
+decoder's candidate against it, so under ``average`` the label becomes the mean of the
+decoder's and the out-of-fold probability > 0.5 -- the same information the agents get, pooled
+without them.
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ class SelfTrainingRun(StagedRun):
 
     def round_labels_of(self, bar) -> tuple[list[np.ndarray], dict]:
         labels = self.ts.given if self.cfg["refine_from"] == "given" else self.ts.current
+        consensus = self.ts.consensus
         proposals, probs = [], []
-        for img in self.ts.images:
+        for i, img in enumerate(self.ts.images):
             prob = predict_probability(self.model, img, window=self.cfg["window"], device=self.device)
-            proposals.append(prob > 0.5)
-            probs.append(prob)
+            proposals.append(prob)  # accept_proposals: the candidate label is prob > 0.5
+            probs.append(prob if consensus is None else consensus[i])
             bar.update(1)
         return accept_proposals(labels, proposals, probs, self.cfg)
 

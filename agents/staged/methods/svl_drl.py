@@ -23,6 +23,12 @@ The budget is split by ``progress`` in [0, 1] into the enabled stages (``warmup_
   refined labels drifted towards the model's own predictions in every run we tried (labels
   and test Dice both got worse round after round). The last round's refinement (at the end
   of the budget) gives the output labels.
+* **Cross-fit** (optional, ``crossfit_frac`` > 0; not in the paper): before Warmup,
+  ``crossfit_folds`` segmentation networks, each trained on the cases outside one fold, give
+  every training case a foreground probability from a network that never saw its label
+  (``agents.staged.crossfit``). The label agents read it as their consensus state instead of
+  the segmentation decoder's (which learns the given labels' noise), in their episodes and in
+  refinement, and the acceptance rules judge against it.
 * **Refit** (optional, ``refit_frac`` > 0; not in the paper): the last round is made at the end
   of Full RL instead, and the rest of the budget trains the segmentation decoder alone (the
   Warmup loss) on its labels -- from fresh weights and a restarted learning-rate schedule with
@@ -53,16 +59,20 @@ STAGES = ("warmup", "transition", "full")
 
 
 def stage_plan(stages, cfg: dict) -> list[tuple[str, float, float]]:
-    """[(stage, start, end)] over progress [0, 1] for the enabled ``stages`` (in paper order), then
-    ``"refit"`` (``refit_frac`` of the budget) when Full RL is enabled and ``refit_frac`` > 0."""
+    """[(stage, start, end)] over progress [0, 1] for the enabled ``stages`` (in paper order),
+    preceded by ``"crossfit"`` (``crossfit_frac``) and followed by ``"refit"`` (``refit_frac``)
+    when Full RL is enabled and those fractions are > 0."""
     stages = [s for s in STAGES if s in set(stages)]
     if not stages:
         raise ValueError(f"at least one stage of {', '.join(STAGES)} is needed")
     refit = float(cfg.get("refit_frac", 0.0)) if "full" in stages else 0.0
+    crossfit = float(cfg.get("crossfit_frac", 0.0)) if "full" in stages else 0.0
     if refit > 0:
         stages.append("refit")
-    share = {"warmup": cfg["warmup_frac"], "transition": cfg["transition_frac"],
-             "full": 1.0 - cfg["warmup_frac"] - cfg["transition_frac"] - refit, "refit": refit}
+    if crossfit > 0:
+        stages.insert(0, "crossfit")
+    share = {"crossfit": crossfit, "warmup": cfg["warmup_frac"], "transition": cfg["transition_frac"],
+             "full": 1.0 - crossfit - cfg["warmup_frac"] - cfg["transition_frac"] - refit, "refit": refit}
     total = sum(share[s] for s in stages)
     plan, acc = [], 0.0
     for s in stages:
@@ -132,6 +142,7 @@ class StagedRun:
         # and Refit trains on the last round's labels; without one the last round is made at the
         # end of the budget by the weight-averaged model and only gives the output labels
         self.rounds_in_loop = len(self.refine_at) - (0 if any(s == "refit" for s, _, _ in plan) else 1)
+        self.crossfit = None  # the cross-fit stage's networks while it runs
         self.refined: list[np.ndarray] | None = None
         self.refinements: list[dict] = []
         self.round_labels: list[list[np.ndarray]] = []
@@ -175,6 +186,7 @@ class StagedRun:
     def run(self) -> TrainResult:
         clock = Clock(self.budget)
         cfg, model = self.cfg, self.model
+        self.ts.consensus = None  # a cross-fit consensus is this run's own (made by its first stage)
         model.train()
         u, rnd = 0, 1 if self.refine_at else 0
         stage_now = None
@@ -199,6 +211,8 @@ class StagedRun:
                 break
             stage, sp = self.stage_at(p)
             if stage != stage_now:
+                if stage_now == "crossfit":
+                    self._end_crossfit()
                 if stage_now is not None:
                     with clock.paused():
                         agree = self._agreement()
@@ -206,14 +220,22 @@ class StagedRun:
                 stage_now = stage
                 if stage == "refit" and cfg["refit_reinit"]:
                     self._reinitialise()
+                if stage == "crossfit":
+                    from agents.staged.crossfit import CrossFit
+
+                    self.crossfit = CrossFit(self.ts, cfg, dict(model.config), seed=self.seed, device=self.device,
+                                             precision=model.precision)
                 self.rec.open(stage, rnd, u, clock.cpu_s)
-            if stage == "refit" and cfg["refit_reinit"]:
-                lr = lr_at(cfg, sp)  # a fresh network: the schedule starts again over Refit
+            if stage == "crossfit" or (stage == "refit" and cfg["refit_reinit"]):
+                lr = lr_at(cfg, sp)  # fresh networks: the schedule runs over their stage
             else:
                 lr = lr_at(cfg, p)
-            for g in self.opt.param_groups:
-                g["lr"] = lr * g["mult"]
-            m = self._update(u, stage, sp)
+            if stage == "crossfit":
+                m = self.crossfit.update(u, lr, update_seed(self.seed, u))
+            else:
+                for g in self.opt.param_groups:
+                    g["lr"] = lr * g["mult"]
+                m = self._update(u, stage, sp)
             self.rec.add(u, stage, rnd, clock.cpu_s, lr, m)
             u += 1
             bar.update(1)
@@ -240,7 +262,18 @@ class StagedRun:
                            round_labels=self.round_labels,
                            extra={"refinements": self.refinements, "refined_labels_from": source,
                                   "stage_plan": [{"stage": s, "start": a, "end": b} for s, a, b in self.plan],
+                                  **({"crossfit_folds": self.crossfit_folds}
+                                     if getattr(self, "crossfit_folds", None) else {}),
                                   "refine_at_progress": self.refine_at})
+
+    def _end_crossfit(self) -> None:
+        """The cross-fit networks' out-of-fold probabilities become the training set's consensus
+        (training work: the clock runs); the networks are dropped."""
+        bar = progress_bar(len(self.ts), "cross-fit consensus", self.show)
+        self.ts.consensus = self.crossfit.out_of_fold(progress=bar)
+        bar.close()
+        self.crossfit_folds = [[self.ts.names[i] for i in f] for f in self.crossfit.folds]
+        self.crossfit = None
 
     def _reinitialise(self) -> None:
         """Refit from fresh weights (``refit_reinit``): the network that learnt the given labels

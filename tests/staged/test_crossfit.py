@@ -115,6 +115,7 @@ def test_crossfit_through_the_cli(folder, tmp_path, method):
     assert [s["stage"] for s in report["stage_plan"]] == ["crossfit", "warmup", "transition", "full", "refit"]
     cf = [e for e in report["entries"] if e["stage"] == "crossfit"]
     assert len(cf) == 1 and cf[0]["first_update"] == 0 and cf[0]["updates"] == 3
+    assert 0.0 <= cf[0]["pred_vs_given_dice"] <= 1.0  # the out-of-fold predictions' agreement
     folds = report["crossfit_folds"]
     assert len(folds) == 2 and sorted(n for f in folds for n in f) == sorted(report["cases"])
     assert report["config"]["crossfit_frac"] == 0.25

@@ -143,6 +143,7 @@ class StagedRun:
         # end of the budget by the weight-averaged model and only gives the output labels
         self.rounds_in_loop = len(self.refine_at) - (0 if any(s == "refit" for s, _, _ in plan) else 1)
         self.crossfit = None  # the cross-fit stage's networks while it runs
+        self.crossfit_folds: list[list[str]] | None = None  # case names per fold, once it has run
         self.refined: list[np.ndarray] | None = None
         self.refinements: list[dict] = []
         self.round_labels: list[list[np.ndarray]] = []
@@ -154,9 +155,13 @@ class StagedRun:
         s, a, b = self.plan[-1]
         return s, 1.0
 
-    def _agreement(self) -> dict:
-        """Agreement of the model's predictions with the given labels (mean Dice over cases)."""
-        pred = predict_training(self.model, self.ts, self.cfg, self.device)
+    def _agreement(self, probs=None) -> dict:
+        """Agreement of the model's predictions (or of ``probs`` > 0.5, e.g. the cross-fit
+        networks' out-of-fold ones) with the given labels (mean Dice over cases)."""
+        if probs is not None:
+            pred = [p > 0.5 for p in probs]
+        else:
+            pred = predict_training(self.model, self.ts, self.cfg, self.device)
         return {"pred_vs_given_dice": float(np.mean([dice_np(p, g) for p, g in zip(pred, self.ts.given)]))}
 
     def round_labels_of(self, bar) -> tuple[list[np.ndarray], dict]:
@@ -215,7 +220,7 @@ class StagedRun:
                     self._end_crossfit()
                 if stage_now is not None:
                     with clock.paused():
-                        agree = self._agreement()
+                        agree = self._agreement(self.ts.consensus if stage_now == "crossfit" else None)
                     self.rec.close(u, clock.cpu_s, **agree)
                 stage_now = stage
                 if stage == "refit" and cfg["refit_reinit"]:
@@ -262,8 +267,7 @@ class StagedRun:
                            round_labels=self.round_labels,
                            extra={"refinements": self.refinements, "refined_labels_from": source,
                                   "stage_plan": [{"stage": s, "start": a, "end": b} for s, a, b in self.plan],
-                                  **({"crossfit_folds": self.crossfit_folds}
-                                     if getattr(self, "crossfit_folds", None) else {}),
+                                  **({"crossfit_folds": self.crossfit_folds} if self.crossfit_folds else {}),
                                   "refine_at_progress": self.refine_at})
 
     def _end_crossfit(self) -> None:

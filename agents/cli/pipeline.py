@@ -64,9 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "alone on the last round's labels (made at the end of Full RL); 0 = none")
     p.add_argument("--crossfit", type=float, default=None, metavar="FRAC", dest="crossfit_frac",
                    help="svl-drl, self-training: the first FRAC of the budget trains segmentation networks on "
-                        "complementary folds of the cases (2; --set crossfit_folds=K); each case's prediction by "
-                        "the network that did not see its label becomes the label agents' consensus input (and the acceptance rules' reference) "
-                        "in place of the decoder, which learns the given labels' noise; 0 = none")
+                        "complementary folds of the cases (2; --set crossfit_folds=K); each case's prediction "
+                        "by the network that did not see its label becomes the label agents' consensus input "
+                        "(and the acceptance rules' reference) in place of the decoder, which learns the given "
+                        "labels' noise; 0 = none")
     p.add_argument("--intensity-every", type=int, default=None, metavar="N",
                    help="svl-drl: every N-th Full-RL update is an episode of the paper's intensity agents "
                         "(keep / enhance / weaken; default 4; 0 = off)")

@@ -10,21 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+import test_controls
 from agents.cli import main
-from test_pipeline import FAST, _make_folder
+from test_controls import MODEL, TINY
+from test_pipeline import FAST
 
-TINY = {"patch": 16}
-MODEL = {"width": 4}
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    torch.set_num_threads(1)
-    return _make_folder(tmp_path_factory.mktemp("crossfit"))
+folder = test_controls.folder  # the controls' tiny Decathlon folder (a module-scoped fixture)
 
 
 @pytest.fixture()
-def ts(folder):
+def ts(folder):  # a fresh set per test: the tests set its consensus
     from agents.staged.data import load_training_set
 
     return load_training_set(folder[0], progress=False)
@@ -44,7 +39,7 @@ def test_each_case_is_predicted_by_the_network_that_did_not_train_on_it(ts):
     from agents.staged.crossfit import CrossFit
     from agents.staged.harness import make_train_config
 
-    cf = CrossFit(ts, make_train_config(**TINY), {"width": 4}, seed=0, device="cpu")
+    cf = CrossFit(ts, make_train_config(**TINY), MODEL, seed=0, device="cpu")
     for j, fold in enumerate(cf.folds):  # network j trains on the cases outside fold j
         assert set(cf.subsets[j].names) == {ts.names[i] for i in range(len(ts)) if i not in fold}
     for u in range(4):
@@ -67,7 +62,7 @@ def test_the_agents_read_the_consensus_in_episodes_and_refinement(ts, monkeypatc
     seen = []
     real = lr.state_channels
     monkeypatch.setattr(lr, "state_channels", lambda m, s, p, t, n: (seen.append(p.clone()), real(m, s, p, t, n))[1])
-    model = make_model({"width": 4}, seed=0)
+    model = make_model(MODEL, seed=0)
     ts.consensus = [np.full(img.shape, 0.25, np.float32) for img in ts.images]
     LabelAgentEpisodes(ts, num_envs=2, patch_shape=(16, 16, 16), max_steps=2).run(model, 0, seg_loss)
     refine_volume(model, ts.images[0], ts.given[0], max_steps=2, window=16, consensus=ts.consensus[0])
@@ -86,7 +81,7 @@ def test_self_training_pools_its_prediction_with_the_consensus(ts):
     from agents.common.budget import Budget
 
     cfg = make_train_config(**TINY)
-    run = SelfTrainingRun(make_model({"width": 4, "agents": False}, seed=0), ts, stage_plan(["warmup"], cfg), cfg,
+    run = SelfTrainingRun(make_model({**MODEL, "agents": False}, seed=0), ts, stage_plan(["warmup"], cfg), cfg,
                           Budget(updates=1), 0, "cpu", False)
 
     class Bar:

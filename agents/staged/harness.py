@@ -119,6 +119,10 @@ def make_train_config(**overrides) -> dict:
                          "(Full RL takes the rest)")
     if int(cfg["crossfit_folds"]) < 2:
         raise ValueError(f"crossfit_folds must be >= 2, got {cfg['crossfit_folds']!r}")
+    if cfg["crossfit_frac"] > 0 and cfg["agent_target"] != "given":
+        # the consensus patches are cut where the given labels' patch source cuts them
+        # (TrainingSet.crop_like_given), which is the agents' environment only with target "given"
+        raise ValueError("crossfit_frac > 0 needs agent_target 'given'")
     from agents.staged.label_refinement import ACCEPT_RULES
 
     if cfg["accept"] not in ACCEPT_RULES:

@@ -123,6 +123,8 @@ def test_crossfit_options_are_validated(folder, tmp_path, capsys):
         make_train_config(crossfit_frac=0.5, warmup_frac=0.3, refit_frac=0.3)
     with pytest.raises(ValueError, match="crossfit_folds"):
         make_train_config(crossfit_folds=1)
+    with pytest.raises(ValueError, match="agent_target"):
+        make_train_config(crossfit_frac=0.2, agent_target="current")
     assert main(["pipeline", "--data", str(folder[0]), "--out", str(tmp_path / "r"), "--crossfit", "2",
                  *FAST]) == 2
     assert "crossfit_frac" in capsys.readouterr().err

@@ -65,7 +65,8 @@ class CrossFit:
             net.precision = precision
             net.train()
             self.nets.append(net)
-            self.subsets.append(ts.subset([i for i in range(len(ts)) if i not in set(fold)]))
+            held_out = set(fold)
+            self.subsets.append(ts.subset([i for i in range(len(ts)) if i not in held_out]))
             self.opts.append(torch.optim.Adam(net.parameters(), lr=cfg["lr"]))
             self.emas.append(WeightEMA(net, cfg["ema"]))
 

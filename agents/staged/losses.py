@@ -133,7 +133,7 @@ class LossWeights:
 def stage_weights(stage: str, progress: float, w: LossWeights) -> dict[str, float]:
     """Weights {"dice", "value", "policy"} of the loss terms at ``progress`` in [0, 1] of ``stage``."""
     p = min(max(float(progress), 0.0), 1.0)
-    if stage in ("crossfit", "warmup", "refit"):
+    if stage in ("warmup", "refit"):
         return {"dice": 1.0, "value": 0.0, "policy": 0.0}
     if stage == "transition":
         lam = w.lambda_max * p

@@ -197,7 +197,7 @@ def run(data, *, eval_labels=None, test=None, steps: int | None = 300, cpu_minut
     ``out/report.json`` (module doc) once everything is scored, so a folder with a report.json
     holds a finished run."""
     from agents.common.checkpoint import atomic_write
-    from agents.staged.pipeline import _json_safe
+    from agents.staged.pipeline import json_safe
 
     data = Path(data)
     _, imgs, labs = load_folder(data / "imagesTr", data / "labelsTr")
@@ -224,7 +224,7 @@ def run(data, *, eval_labels=None, test=None, steps: int | None = 300, cpu_minut
             report["eval"] = {"labels": str(eval_labels), "model_on_training_images": d, "refined_labels": dict(d)}
         if res["test"] is not None:
             report["test"] = res["test"]
-        text = json.dumps(_json_safe(report), indent=1)  # NaN (HD95 with one empty mask) -> null, as the pipeline
+        text = json.dumps(json_safe(report), indent=1)  # NaN (HD95 with one empty mask) -> null, as the pipeline
         atomic_write(Path(out) / "report.json", lambda tmp: Path(tmp).write_text(text))
     return res
 

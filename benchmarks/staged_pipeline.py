@@ -361,7 +361,7 @@ def _paired_lines(rows, reference: str = "svl-drl") -> list[str]:
 #: the method every other one is compared with in the statistics
 REFERENCE = "svl-drl"
 STATS_FIELDS = ("method", "runs", "test_cases", "iqm", "iqm_ci_low", "iqm_ci_high", "mean", "mean_ci_low",
-                "mean_ci_high", "p_svl_drl_better", "p_ci_low", "p_ci_high")
+                "mean_ci_high", "reference", "p_reference_better", "p_ci_low", "p_ci_high")
 
 
 def dice_matrices(rows) -> tuple[dict[str, np.ndarray], list, list[str]]:
@@ -439,7 +439,7 @@ def rliable_stats(rows, *, reps: int | None = None, seed: int | None = None, ref
             p = (nan, nan, nan)
         out.append({"method": m, "runs": st["runs"], "test_cases": st["episodes"],
                     **{k: st[k] for k in ("iqm", "iqm_ci_low", "iqm_ci_high", "mean", "mean_ci_low", "mean_ci_high")},
-                    "p_svl_drl_better": p[0], "p_ci_low": p[1], "p_ci_high": p[2]})
+                    "reference": reference, "p_reference_better": p[0], "p_ci_low": p[1], "p_ci_high": p[2]})
     if scores and reference not in scores:
         notes.append(f"no {reference} run: no P({reference} > method)")
     out.sort(key=lambda r: -r["iqm"])
@@ -457,8 +457,8 @@ def stats_markdown(res: dict) -> list[str]:
              f"| method | runs | test cases | Dice IQM [95 % CI] | Dice mean [95 % CI] | P({ref} > method) [95 % CI] |",
              "|:---|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
-        p = "—" if not np.isfinite(r["p_svl_drl_better"]) else \
-            f"{r['p_svl_drl_better']:.2f} {ci(r['p_ci_low'], r['p_ci_high'], 2)}"
+        p = "—" if not np.isfinite(r["p_reference_better"]) else \
+            f"{r['p_reference_better']:.2f} {ci(r['p_ci_low'], r['p_ci_high'], 2)}"
         lines.append(f"| {r['method']} | {r['runs']} | {r['test_cases']} | {r['iqm']:.3f} "
                      f"{ci(r['iqm_ci_low'], r['iqm_ci_high'])} | {r['mean']:.3f} "
                      f"{ci(r['mean_ci_low'], r['mean_ci_high'])} | {p} |")

@@ -43,7 +43,7 @@ from agents.staged.data import load_training_set
 from agents.staged.harness import TrainResult, make_train_config, predict_training
 from agents.staged.methods import METHODS, STAGES, train
 
-__all__ = ["run_pipeline", "score_masks", "REPORT_FILE", "CURVES_FILE", "REFINED_DIR"]
+__all__ = ["run_pipeline", "score_masks", "json_safe", "REPORT_FILE", "CURVES_FILE", "REFINED_DIR"]
 
 REPORT_FILE = "report.json"
 CURVES_FILE = "training_curves.png"
@@ -88,11 +88,13 @@ def score_masks(preds: list[np.ndarray], truths: list[np.ndarray], spacings) -> 
     return out
 
 
-def _json_safe(x):
+def json_safe(x):
+    """``x`` as strict JSON can hold it: NaN / inf -> None (null), numpy scalars -> Python numbers,
+    paths -> strings, tuples -> lists (``report.json`` and the benchmarks' run reports)."""
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, (np.floating, float)):
         return None if not np.isfinite(x) else float(x)
     if isinstance(x, np.integer):
@@ -249,7 +251,7 @@ def _evaluate(eval_dir: Path, ts, result: TrainResult, cfg, dev, label_value) ->
 
 
 def _write_report(out: Path, report: dict) -> None:
-    text = json.dumps(_json_safe(report), indent=1)
+    text = json.dumps(json_safe(report), indent=1)
     atomic_write(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(text))
 
 

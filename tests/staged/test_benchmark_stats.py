@@ -41,13 +41,17 @@ def test_matrices_stats_and_improvement(benchmark_script):
         assert (r["runs"], r["test_cases"]) == (2, 4)
         assert 0.0 <= r["iqm_ci_low"] <= r["iqm"] <= r["iqm_ci_high"] <= 1.0
         assert r["mean"] == pytest.approx(res["scores"][m].mean())
-    assert math.isnan(by["svl-drl"]["p_svl_drl_better"])  # no comparison with itself
+    assert math.isnan(by["svl-drl"]["p_reference_better"])  # no comparison with itself
     for m in ("noisy", "coteaching"):  # svl-drl better on every case and run
-        assert by[m]["p_svl_drl_better"] == 1.0 and by[m]["p_ci_low"] == 1.0
+        assert by[m]["p_reference_better"] == 1.0 and by[m]["p_ci_low"] == 1.0
     assert res["notes"] == []
     # the other direction: noisy's runs above svl-drl's everywhere -> 0
     rows[1]["runs"] = [_run(sd, np.full(4, 0.99)) for sd in (0, 1)]
-    assert {r["method"]: r for r in b.rliable_stats(rows, reps=REPS)["rows"]}["noisy"]["p_svl_drl_better"] == 0.0
+    assert {r["method"]: r for r in b.rliable_stats(rows, reps=REPS)["rows"]}["noisy"]["p_reference_better"] == 0.0
+    # another reference: the rows name it, and P(noisy > svl-drl) = 1 with noisy now above everywhere
+    by = {r["method"]: r for r in b.rliable_stats(rows, reps=REPS, reference="noisy")["rows"]}
+    assert {r["reference"] for r in by.values()} == {"noisy"} and math.isnan(by["noisy"]["p_reference_better"])
+    assert by["svl-drl"]["p_reference_better"] == 1.0
 
 
 def test_case_order_failed_runs_and_old_json(benchmark_script):
@@ -86,5 +90,6 @@ def test_stats_files_and_stats_from_json(tmp_path, benchmark_script):
     assert "P(svl-drl > method)" in md and "| noisy | 2 | 4 |" in md
     with open(tmp_path / "res" / "bench_stats.csv") as fh:
         rows = {r["method"]: r for r in csv.DictReader(fh)}
-    assert list(rows["noisy"]) == list(b.STATS_FIELDS) and float(rows["noisy"]["p_svl_drl_better"]) == 1.0
+    assert list(rows["noisy"]) == list(b.STATS_FIELDS) and float(rows["noisy"]["p_reference_better"]) == 1.0
+    assert rows["noisy"]["reference"] == "svl-drl"
     assert (tmp_path / "res" / "bench_performance_profile.png").stat().st_size > 5000

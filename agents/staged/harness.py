@@ -56,10 +56,9 @@ DEFAULT_TRAIN: dict = {
     # segmentation networks, each on the cases outside one fold, and gives every case an
     # out-of-fold probability: the label agents' consensus input and the acceptance rules'
     # reference instead of the segmentation decoder, which learns the given labels' noise
-    # (agents.staged.crossfit); 0 = none. Measured on the realistic preset at 10 CPU-min, seeds
-    # 0-4 (README "Realistic phantoms"; row "svl-drl (cross-fit)": cross-fit 0.25, Warmup 0.1,
-    # Transition 0.05, Refit 0.35 + reinit, accept agents): labels 0.801, test Dice IQM 0.691
-    # against 0.678 for self-training with the same consensus and schedule, noisy 0.669
+    # (agents.staged.crossfit); 0 = none. Off by default: measured on the realistic preset only
+    # (README "Realistic phantoms", row "svl-drl (cross-fit)", whose schedule is CROSSFIT in
+    # benchmarks/staged_pipeline.py)
     "crossfit_frac": 0.0, "crossfit_folds": 2,
     # loss weights (svl-drl)
     "lambda_max": 0.3, "alpha": 0.1, "beta_max": 0.3, "beta_ramp": 0.3,

@@ -92,9 +92,10 @@ ROOT = Path(__file__).resolve().parents[1]
 REFIT = ["--rounds", "1", "--refit", "0.4", "--set", "warmup_frac=0.15", "--set", "refit_reinit=true"]
 # the cross-fit schedule (issue 16): the refit schedule after a first quarter of the budget that gives
 # every case an out-of-fold consensus (agents.staged.crossfit), the agents' input in place of the
-# decoder's; Warmup 10 %, Transition 5 %, Full RL 25 %, Refit 35 %
+# decoder's; Warmup 10 %, Transition 5 %, Full RL 25 %, Refit 35 %; the round's candidates averaged
+# over 4 flipped copies (refine_flips)
 CROSSFIT = ["--rounds", "1", "--crossfit", "0.25", "--refit", "0.35", "--set", "warmup_frac=0.1",
-            "--set", "transition_frac=0.05", "--set", "refit_reinit=true"]
+            "--set", "transition_frac=0.05", "--set", "refit_reinit=true", "--set", "refine_flips=4"]
 METHODS = {  # name -> (pipeline args, uses clean training labels)
     "noisy": (["--method", "noisy"], False),
     "coteaching": (["--method", "coteaching"], False),

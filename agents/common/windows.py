@@ -2,7 +2,8 @@
 
 The last window of each axis sits flush with the volume's end; volumes smaller than a window
 are padded. Used by refinement (``agents.eval.refine``) and by the staged pipeline's
-segmentation (``agents.staged.segment``).
+segmentation (``agents.staged.segment``). ``flip_mean`` averages a volume-to-volume function
+over flipped copies of its inputs (test-time flip averaging).
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import numpy as np
 import torch
 
 DEFAULT_WINDOW = 64
+
+#: ``flip_mean``'s flipped copies, by count: the identity, then the three 180-degree rotations
+#: about one axis (each flips the other two axes; with the identity they form a group, so no
+#: axis is favoured), then the single-axis flips and the flip of all three (all 8). Flips
+#: only: unlike axis permutations they keep each axis's spacing, so anisotropic volumes are
+#: never transposed.
+FLIPS = {1: [()], 2: [(), (0, 1, 2)], 4: [(), (1, 2), (0, 2), (0, 1)],
+         8: [(), (1, 2), (0, 2), (0, 1), (0,), (1,), (2,), (0, 1, 2)]}
 
 
 def grid_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -86,3 +95,24 @@ def sliding_window(fn: Callable[[torch.Tensor, list[tuple[slice, slice, slice]]]
             progress.update(len(chunk))
     out = acc / cnt.clamp_min(1)
     return out[:, : shape[0], : shape[1], : shape[2]].cpu().numpy()
+
+
+def flip_mean(fn: Callable[[list[np.ndarray]], np.ndarray], volumes: list[np.ndarray], flips: int = 1) -> np.ndarray:
+    """The mean of ``fn`` over ``flips`` flipped copies of ``volumes`` (``FLIPS``), each output
+    flipped back.
+
+    volumes: (D, H, W) arrays flipped alike; ``fn(volumes) -> (..., D, H, W)`` array (its last
+    three axes flipped back). ``flips`` 1 is ``fn(volumes)`` itself. A sliding-window network's
+    output depends on where a voxel falls in its windows and on the orientation it was trained
+    in; averaging the flipped copies smooths both (written here because MONAI's
+    ``TestTimeAugmentation`` works on dictionaries of random transforms, not on a fixed set of
+    flips of several aligned volumes)."""
+    if flips not in FLIPS:
+        raise ValueError(f"flips must be one of {sorted(FLIPS)}, got {flips!r}")
+    total = None
+    for axes in FLIPS[flips]:
+        out = fn([np.ascontiguousarray(np.flip(v, axes)) if axes else v for v in volumes])
+        if axes:
+            out = np.flip(out, [out.ndim - 3 + a for a in axes])
+        total = out.astype(np.float32) if total is None else total + out
+    return total / len(FLIPS[flips])

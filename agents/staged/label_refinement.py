@@ -54,7 +54,7 @@ from agents.common.distributions import gumbel_sample
 from agents.staged.data import Augment
 from agents.staged.losses import actor_critic_losses
 from agents.staged.model import StagedNet, state_channels
-from agents.common.windows import sliding_window
+from agents.common.windows import flip_mean, sliding_window
 
 __all__ = ["LabelAgentEpisodes", "refine_labels", "propose_labels", "accept_proposals", "ACCEPT_RULES",
            "refine_volume", "gumbel_sample", "outcome_loss"]
@@ -176,7 +176,7 @@ def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor)
 @torch.no_grad()
 def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max_steps: int = 3,
                   confidence: float = 0.5, window=64, overlap: float = 0.25, device="cpu",
-                  probability: bool = False, consensus: np.ndarray | None = None) -> np.ndarray:
+                  probability: bool = False, consensus: np.ndarray | None = None, flips: int = 1) -> np.ndarray:
     """Let the label agents act on one whole label volume; returns the refined mask (D, H, W) bool.
 
     The episode starts from ``label`` (the current training label, not corrupted); at each of
@@ -191,6 +191,9 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
 
     ``consensus``: the agents' ``seg_prob`` state, (D, H, W) in [0, 1] (the cross-fit stage's
     out-of-fold probability, ``TrainingSet.consensus``); None: the model's own segmentation.
+
+    ``flips``: the agents act on that many flipped copies of the volumes (``windows.flip_mean``:
+    1, 2, 4 or 8) and their outputs (final masks, or probabilities) are averaged.
     """
     from svl_env.dynamics import label_candidates
 
@@ -216,7 +219,8 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
         vols = [image, label.astype(np.float32)]
         if consensus is not None:
             vols.append(np.asarray(consensus, np.float32))
-        out = sliding_window(run, vols, window=window, overlap=overlap, batch_size=1, device=device)
+        out = flip_mean(lambda vs: sliding_window(run, vs, window=window, overlap=overlap, batch_size=1, device=device),
+                        vols, flips)
     finally:
         model.train(was)
     return out[0] if probability else out[0] > 0.5
@@ -247,7 +251,7 @@ ZSCORE_MIN_CASES = 6
 
 
 def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confidence: float = 0.0, window=64,
-                   start: str = "given", device="cpu", probability: bool = False,
+                   start: str = "given", device="cpu", probability: bool = False, flips: int = 1,
                    progress=None) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """The label agents' proposals for every training case, and what they are judged against.
 
@@ -258,7 +262,9 @@ def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confid
     (D, H, W) arrays (bool, bool, float32); ``probability``: the proposals are the agents'
     foreground probabilities (float32, ``refine_volume(probability=True)``). The consensus is
     the segmentation decoder's foreground probability, or the cross-fit stage's out-of-fold one
-    where there is one (``TrainingSet.consensus``; the agents then read it too)."""
+    where there is one (``TrainingSet.consensus``; the agents then read it too). ``flips``: the
+    proposals and the decoder's probability are means over that many flipped copies
+    (``windows.flip_mean``)."""
     from agents.staged.segment import predict_probability
 
     labels = training_set.given if start == "given" else training_set.current
@@ -267,8 +273,8 @@ def propose_labels(model: StagedNet, training_set, *, max_steps: int = 3, confid
     for i, (img, lab) in enumerate(zip(training_set.images, labels)):
         c = None if consensus is None else consensus[i]
         proposals.append(refine_volume(model, img, lab, max_steps=max_steps, confidence=confidence, window=window,
-                                       device=device, probability=probability, consensus=c))
-        probs.append(predict_probability(model, img, window=window, device=device) if c is None else c)
+                                       device=device, probability=probability, consensus=c, flips=flips))
+        probs.append(predict_probability(model, img, window=window, device=device, flips=flips) if c is None else c)
         if progress is not None:
             progress.update(1)
     return list(labels), proposals, probs
@@ -354,11 +360,11 @@ def refine_labels(model: StagedNet, training_set, *, cfg: dict, device="cpu",
                   progress=None) -> tuple[list[np.ndarray], dict]:
     """One round of the dynamic iterative update: the label agents propose edits of every training
     label (``propose_labels``, options ``agent_steps``, ``refine_confidence``, ``window``,
-    ``refine_from`` of the training config ``cfg``) and ``accept_proposals`` (``accept``,
+    ``refine_from``, ``refine_flips`` of the training config ``cfg``) and ``accept_proposals`` (``accept``,
     ``accept_z``) decides which become labels. Returns (new labels, acceptance info)."""
     labels, proposals, probs = propose_labels(model, training_set, max_steps=cfg["agent_steps"],
                                               confidence=cfg["refine_confidence"], window=cfg["window"],
                                               start=cfg["refine_from"], device=device,
                                               probability=cfg.get("accept", "average") in PROBABILITY_RULES,
-                                              progress=progress)
+                                              flips=int(cfg.get("refine_flips", 1)), progress=progress)
     return accept_proposals(labels, proposals, probs, cfg)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from svl_env.data.nifti import list_nifti, nifti_stem, save_label_like
 
-from agents.common.windows import DEFAULT_WINDOW, as_triple, sliding_window, window_starts
+from agents.common.windows import DEFAULT_WINDOW, as_triple, flip_mean, sliding_window, window_starts
 
 __all__ = ["predict_probability", "segment_folder"]
 
@@ -25,8 +25,11 @@ __all__ = ["predict_probability", "segment_folder"]
 @torch.no_grad()
 def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, overlap: float = 0.25,
                         batch_size: int = 2, device="cpu", progress: bool = False,
-                        desc: str | None = None) -> np.ndarray:
-    """Foreground probability (D, H, W) float32 of one image (D, H, W) in [0, 1]."""
+                        desc: str | None = None, flips: int = 1) -> np.ndarray:
+    """Foreground probability (D, H, W) float32 of one image (D, H, W) in [0, 1].
+
+    ``flips``: the mean over that many flipped copies of the image (``windows.flip_mean``:
+    1, 2, 4 or 8; each copy costs one more pass)."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
         raise ValueError(f"image must be a 3D volume, got shape {image.shape}")
@@ -34,10 +37,11 @@ def predict_probability(model, image: np.ndarray, *, window=DEFAULT_WINDOW, over
     model.eval()
     win = tuple(min(w, s) for w, s in zip(as_triple(window), image.shape))
     n = len(window_starts(image.shape, win, overlap))
-    bar = tqdm(total=n, desc=desc or "segment", unit="window", disable=not progress, leave=False)
+    bar = tqdm(total=n * flips, desc=desc or "segment", unit="window", disable=not progress, leave=False)
     try:
-        out = sliding_window(lambda x, _: torch.sigmoid(model(x[:, :1])), [image], window=window, overlap=overlap,
-                             batch_size=batch_size, device=device, progress=bar)
+        out = flip_mean(lambda vols: sliding_window(lambda x, _: torch.sigmoid(model(x[:, :1])), vols, window=window,
+                                                    overlap=overlap, batch_size=batch_size, device=device,
+                                                    progress=bar), [image], flips)
     finally:
         bar.close()
         model.train(was_training)

@@ -10,10 +10,11 @@ decoders (``make_model(agents=False)``): every update, in every stage, is the Wa
 are kept in the report so the curves line up with svl-drl's.
 
 At the end of each round the candidate labels are the segmentation decoder's own predictions
-on the training images (foreground probability > 0.5, the same sliding window as svl-drl's
-refinement) instead of the label agents' edits. They pass through the same acceptance step as
-the agents' proposals (``label_refinement.accept_proposals`` with the same ``accept`` rule,
-against the labels being refined -- the given ones, ``refine_from``). Under the ``average``
+on the training images (foreground probability > 0.5, the same sliding window and flip
+averaging, ``refine_flips``, as svl-drl's refinement) instead of the label agents' edits.
+They pass through the same acceptance step as the agents' proposals
+(``label_refinement.accept_proposals`` with the same ``accept`` rule, against the labels being
+refined -- the given ones, ``refine_from``). Under the ``average``
 (default) and ``consensus`` rules every voxel where the prediction differs from the label is
 accepted (the candidate *is* the decoder's prediction), so self-training then trains each
 round on its own predictions; under ``zscore`` a case's prediction is taken only where it stands out. The
@@ -54,7 +55,8 @@ class SelfTrainingRun(StagedRun):
         consensus = self.ts.consensus
         proposals, probs = [], []
         for i, img in enumerate(self.ts.images):
-            prob = predict_probability(self.model, img, window=self.cfg["window"], device=self.device)
+            prob = predict_probability(self.model, img, window=self.cfg["window"], device=self.device,
+                                       flips=int(self.cfg["refine_flips"]))
             proposals.append(prob)  # accept_proposals: the candidate label is prob > 0.5
             probs.append(prob if consensus is None else consensus[i])
             bar.update(1)

@@ -85,9 +85,7 @@ DEFAULT_TRAIN: dict = {
     # predictions) are means over 1, 2, 4 or 8 flipped copies of the volumes
     # (agents.common.windows.flip_mean); each copy costs one more pass, inside the budget. 1 by
     # default; the realistic benchmark's cross-fit rows use 4 (both rows, so the control stays
-    # matched). Measured there over eight seeds (README "Flip-averaged refinement"): the agents'
-    # labels 0.798 -> 0.820 Dice against the truth, mean test Dice 0.685 -> 0.694; the
-    # control's 0.670 -> 0.689
+    # matched; measured in README "Flip-averaged refinement")
     "refine_flips": 1,
     "refine_from": "given", "agent_target": "given",
     "reward_weights": None,

@@ -366,5 +366,5 @@ def refine_labels(model: StagedNet, training_set, *, cfg: dict, device="cpu",
                                               confidence=cfg["refine_confidence"], window=cfg["window"],
                                               start=cfg["refine_from"], device=device,
                                               probability=cfg.get("accept", "average") in PROBABILITY_RULES,
-                                              flips=int(cfg.get("refine_flips", 1)), progress=progress)
+                                              flips=int(cfg["refine_flips"]), progress=progress)
     return accept_proposals(labels, proposals, probs, cfg)

@@ -43,12 +43,15 @@ to 0.86-0.92).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
 from svl_env import SVLDRLVectorEnv
-from svl_env.dynamics import apply_label_actions
+from svl_env.dynamics import apply_label_actions, label_candidates
+from svl_env.reward import RewardWeights
 
 from agents.common.distributions import gumbel_sample
 from agents.staged.data import Augment
@@ -57,7 +60,13 @@ from agents.staged.model import StagedNet, state_channels
 from agents.common.windows import flip_mean, sliding_window
 
 __all__ = ["LabelAgentEpisodes", "refine_labels", "propose_labels", "accept_proposals", "ACCEPT_RULES",
-           "refine_volume", "gumbel_sample", "outcome_loss"]
+           "AGENT_REWARDS", "refine_volume", "gumbel_sample", "outcome_loss"]
+
+#: what the label agents are trained on (``LabelAgentEpisodes(reward=)``, the ``agent_reward`` option):
+#: "dice" -- the environment's composite reward, Dice gain minus continuity cost; "balanced" -- its
+#: Dice term replaced by a voxel term that pays a flip towards the target as much as a flip away
+#: from it costs, whichever class the voxel is (see ``LabelAgentEpisodes``)
+AGENT_REWARDS = ("dice", "balanced")
 
 
 class LabelAgentEpisodes:
@@ -67,13 +76,25 @@ class LabelAgentEpisodes:
     shared encoder, with gradients), computes the segmentation loss of the patches against the
     current labels, and rolls the agents for ``max_steps`` steps. Returns the loss terms and the
     episode statistics; the caller weights and back-propagates them (stage weights).
+
+    ``reward="balanced"``: the Dice term of the reward (and the soft-Dice term of the outcome
+    loss) is replaced by a voxel term, ``w_dice / 2`` for each voxel flipped towards the target
+    and ``-w_dice / 2`` for each flipped away, counterfactual action rewards alike; the
+    environment's continuity term stays. Why: per voxel, Dice pays ``(2 - D) / S`` for a found
+    foreground voxel but only ``D / S`` for a removed false positive, so Dice-trained agents add a
+    voxel once its chance of being foreground exceeds ``D / 2`` (~0.4), not 0.5. That is right
+    for the agents' own Dice but the refined labels become training targets, and a network
+    trained on over-inclusive labels over-segments further.
     """
 
     def __init__(self, training_set, *, num_envs: int, patch_shape, max_steps: int = 3, noise: str = "mt",
                  noise_ratio: float = 1.0, reward_weights=None, gamma: float = 0.95, entropy_coef: float = 0.01,
                  q_coef: float = 1.0, outcome_coef: float = 1.0, target: str = "given", encoder_grad: bool = False,
-                 device="cpu"):
+                 reward: str = "dice", device="cpu"):
+        if reward not in AGENT_REWARDS:
+            raise ValueError(f"unknown agent reward {reward!r}; choose from {', '.join(AGENT_REWARDS)}")
         self.ts = training_set
+        self.reward = reward
         self.encoder_grad = bool(encoder_grad)
         self.target = target
         self.num_envs = int(num_envs)
@@ -90,10 +111,13 @@ class LabelAgentEpisodes:
     def env(self) -> SVLDRLVectorEnv:
         src = self.ts.source(self.target)
         if self._env is None or self._source is not src:  # labels were refined: new reward target
+            weights = RewardWeights.from_any(self.reward_weights)
+            if self.reward == "balanced":  # the environment keeps the continuity term; run() adds the voxel term
+                weights = dataclasses.replace(weights, w_dice=0.0)
             self._env = SVLDRLVectorEnv(self.num_envs, data=src, patch_size=self.patch_shape, noise=self.noise,
                                         noise_ratio=self.noise_ratio, action_set="label", reward_target="clean",
                                         action_rewards=True, max_steps=self.max_steps,
-                                        reward_weights=self.reward_weights, device=self.device,
+                                        reward_weights=weights, device=self.device,
                                         return_tensors=True, autoreset_mode=AutoresetMode.DISABLED)
             self._source = src
         return self._env
@@ -132,13 +156,16 @@ class LabelAgentEpisodes:
             feats = [f.detach() for f in feats]
         logits, actions, values, rewards, qs, outcome = [], [], [], [], [], []
         reward_sum = torch.zeros(self.num_envs, dtype=torch.float64)
+        balanced = self.reward == "balanced"
+        w_dice = RewardWeights.from_any(self.reward_weights).w_dice
+        toward = (2.0 * target - 1.0) * (0.5 * w_dice)  # a flip towards G earns +w_dice/2, away -w_dice/2
         info = None
         for t in range(self.max_steps):
             mask = A(env.state_tensors()["mask"])
             st = state_channels(mask, start, seg_prob, t, self.max_steps)
             lab_logits, _, val = model.agent_outputs(feats, st)
             if self.outcome_coef > 0:
-                outcome.append(outcome_loss(lab_logits, mask, target))
+                outcome.append(outcome_loss(lab_logits, mask, target, soft_dice=not balanced))
             a = gumbel_sample(lab_logits, gen)
             _, r, _, _, info = env.step(aug.invert(a).contiguous())
             logits.append(lab_logits)
@@ -147,6 +174,11 @@ class LabelAgentEpisodes:
             rewards.append(A(info["reward_map"].float()) * scale)
             qs.append(A(info["action_rewards"].float()) * scale[:, None])
             reward_sum += torch.as_tensor(r, dtype=torch.float64).cpu()
+            if balanced:
+                voxel = (A(env.state_tensors()["mask"]) - mask) * toward
+                rewards[-1] = rewards[-1] + voxel
+                qs[-1] = qs[-1] + (label_candidates(mask) - mask[:, None]) * toward[:, None]
+                reward_sum += (voxel.sum((1, 2, 3)) / scale.view(-1)).double().cpu()
         ac = actor_critic_losses(logits, actions, values, rewards, self.gamma, None, qs, self.entropy_coef,
                                  self.q_coef)
         policy = ac["policy"]
@@ -161,16 +193,19 @@ class LabelAgentEpisodes:
         return out
 
 
-def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def outcome_loss(logits: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                 soft_dice: bool = True) -> torch.Tensor:
     """The paper's Dice loss applied to the agents' *outcome* (vA3C's supervised term,
     ``agents.va3c.losses.supervised_loss``): with c_a the state action a gives a voxel,
     p_fg = Σ_a π_a c_a must match the reward target G (soft Dice) and the probability of ending
     in G's state, Σ_{a: c_a = g} π_a, is maximised (cross-entropy on the outcome, not on one
     arbitrary action -- keep and set_foreground are both right on a correct foreground voxel).
+    ``soft_dice`` False: the cross-entropy alone (``agent_reward="balanced"``: soft Dice's gradient,
+    like the Dice reward, pulls harder towards foreground than towards background).
     logits (B, 4, D, H, W); mask, target (B, D, H, W) -> scalar."""
     from agents.va3c.losses import supervised_loss
 
-    return supervised_loss(logits, mask, target)[0]
+    return supervised_loss(logits, mask, target, w_dice=1.0 if soft_dice else 0.0)[0]
 
 
 @torch.no_grad()
@@ -195,8 +230,6 @@ def refine_volume(model: StagedNet, image: np.ndarray, label: np.ndarray, *, max
     ``flips``: the agents act on that many flipped copies of the volumes (``windows.flip_mean``:
     1, 2, 4 or 8) and their outputs (final masks, or probabilities) are averaged.
     """
-    from svl_env.dynamics import label_candidates
-
     was = model.training
     model.eval()
 

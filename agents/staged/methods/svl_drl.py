@@ -123,7 +123,7 @@ class StagedRun:
                 noise=cfg["agent_noise"], noise_ratio=cfg["agent_noise_ratio"], reward_weights=cfg["reward_weights"],
                 gamma=cfg["gamma"], entropy_coef=cfg["entropy_coef"], q_coef=cfg["q_coef"],
                 outcome_coef=cfg["outcome_coef"], target=cfg["agent_target"],
-                encoder_grad=bool(cfg["agent_encoder_grad"]), device=device)
+                encoder_grad=bool(cfg["agent_encoder_grad"]), reward=cfg["agent_reward"], device=device)
         self.intensity = None
         if model.has_agents and int(cfg["intensity_every"]) > 0:
             from agents.staged.intensity_agents import IntensityAgentEpisodes

@@ -103,7 +103,7 @@ class LabelAgentEpisodes:
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.max_steps = int(max_steps)
         self.noise, self.noise_ratio = noise, float(noise_ratio)
-        self.reward_weights = reward_weights
+        self.reward_weights = RewardWeights.from_any(reward_weights)  # validated once, read by env() and run()
         self.gamma, self.entropy_coef, self.q_coef = float(gamma), float(entropy_coef), float(q_coef)
         self.outcome_coef = float(outcome_coef)
         self.device = torch.device(device)
@@ -113,7 +113,7 @@ class LabelAgentEpisodes:
     def env(self) -> SVLDRLVectorEnv:
         src = self.ts.source(self.target)
         if self._env is None or self._source is not src:  # labels were refined: new reward target
-            weights = RewardWeights.from_any(self.reward_weights)
+            weights = self.reward_weights
             if self.reward == "balanced":  # the environment keeps the continuity term; run() adds the voxel term
                 weights = dataclasses.replace(weights, w_dice=0.0)
             self._env = SVLDRLVectorEnv(self.num_envs, data=src, patch_size=self.patch_shape, noise=self.noise,
@@ -159,8 +159,8 @@ class LabelAgentEpisodes:
         logits, actions, values, rewards, qs, outcome = [], [], [], [], [], []
         reward_sum = torch.zeros(self.num_envs, dtype=torch.float64)
         balanced = self.reward == "balanced"
-        w_dice = RewardWeights.from_any(self.reward_weights).w_dice
-        toward = (2.0 * target - 1.0) * (0.5 * w_dice)  # a flip towards G earns +w_dice/2, away -w_dice/2
+        if balanced:  # a flip towards G earns +w_dice/2, away -w_dice/2
+            toward = (2.0 * target - 1.0) * (0.5 * self.reward_weights.w_dice)
         info = None
         for t in range(self.max_steps):
             mask = A(env.state_tensors()["mask"])

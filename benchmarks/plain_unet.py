@@ -136,16 +136,22 @@ def train_plain_unet(imgs, labs, *, steps: int | None = 300, cpu_minutes: float 
     return model, time.process_time() - t0, done
 
 
-def predict(model, img: np.ndarray, patch: int = 32) -> np.ndarray:
-    """Mask (D, H, W) bool of one z-scored image: sliding-window sigmoid > 0.5."""
+def predict(model, img: np.ndarray, patch: int = 32, flips: int = 1) -> np.ndarray:
+    """Mask (D, H, W) bool of one z-scored image: sliding-window sigmoid > 0.5; ``flips``: the
+    sigmoid averaged over that many flipped copies first (``agents.common.windows.flip_mean``, as
+    the staged rows' ``--test-flips``)."""
     import torch
     from monai.inferers import sliding_window_inference
 
+    from agents.common.windows import flip_mean
+
+    def prob(vols):
+        x = torch.from_numpy(np.ascontiguousarray(vols[0]))[None, None]
+        return torch.sigmoid(sliding_window_inference(x, (patch,) * 3, 4, model, overlap=0.5))[0, 0].numpy()
+
     model.eval()
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-        y = sliding_window_inference(x, (patch,) * 3, 4, model, overlap=0.5)
-    return torch.sigmoid(y)[0, 0].numpy() > 0.5
+        return flip_mean(prob, [img], flips) > 0.5
 
 
 def mean_dice(preds, truths) -> float:
@@ -162,7 +168,7 @@ def images_ts_dir(test) -> Path:
     return test / "imagesTs" if (test / "imagesTs").is_dir() else test / "data" / "imagesTs"
 
 
-def score_test(model, test, patch: int = 32) -> dict:
+def score_test(model, test, patch: int = 32, flips: int = 1) -> dict:
     """Test scores of ``model`` by the staged benchmark's ``score_test_cases``, so the cases,
     truths, spacings and scorer are the other rows'; only the image the model sees is this
     recipe's (the raw intensities z-scored). ``test``: see ``images_ts_dir`` (and
@@ -171,7 +177,7 @@ def score_test(model, test, patch: int = 32) -> dict:
     if not any(images.glob("*.nii.gz")):
         raise FileNotFoundError(f"no test images (*.nii.gz) in {images}")
     return _staged_benchmark().score_test_cases(images, Path(test) / "clean_labelsTs",
-                                                lambda _, ip: predict(model, zscore(_read(ip)), patch))
+                                                lambda _, ip: predict(model, zscore(_read(ip)), patch, flips))
 
 
 def _staged_benchmark():
@@ -188,9 +194,9 @@ METHOD = "plain U-Net"  # report.json "method": the staged benchmark's row name
 
 def run(data, *, eval_labels=None, test=None, steps: int | None = 300, cpu_minutes: float | None = None,
         seed: int = 0, batch: int = 4, patch: int = 32, lr: float = 1e-3, channels=(16, 32), res_units: int = 0,
-        out=None) -> dict:
+        out=None, test_flips: int = 1) -> dict:
     """Train on ``data`` (imagesTr + labelsTr) for ``steps`` updates / ``cpu_minutes`` of CPU time
-    (``train_plain_unet``) and score.
+    (``train_plain_unet``) and score (the test cases with ``test_flips`` flipped copies, ``predict``).
 
     Returns {"seed", "steps" (updates done), "cpu_min", "test_dice", "train_pred_dice", "test"
     (``score_test``'s dict or None)} (Dice None without its labels). ``out``: a folder; writes
@@ -210,7 +216,7 @@ def run(data, *, eval_labels=None, test=None, steps: int | None = 300, cpu_minut
         _, _, clean = load_folder(data / "imagesTr", Path(eval_labels))
         res["train_pred_dice"] = mean_dice([predict(model, x, patch) for x in imgs], clean)
     if test is not None:
-        res["test"] = score_test(model, test, patch)
+        res["test"] = score_test(model, test, patch, test_flips)
         res["test_dice"] = res["test"]["dice"]
     if out is not None:
         report = {"method": METHOD, "seed": int(seed), "updates": int(updates), "train_cpu_s": cpu_s,
@@ -223,7 +229,7 @@ def run(data, *, eval_labels=None, test=None, steps: int | None = 300, cpu_minut
             d = {"dice": res["train_pred_dice"]}
             report["eval"] = {"labels": str(eval_labels), "model_on_training_images": d, "refined_labels": dict(d)}
         if res["test"] is not None:
-            report["test"] = res["test"]
+            report["test"], report["test_flips"] = res["test"], int(test_flips)
         text = json.dumps(json_safe(report), indent=1)  # NaN (HD95 with one empty mask) -> null, as the pipeline
         atomic_write(Path(out) / "report.json", lambda tmp: Path(tmp).write_text(text))
     return res
@@ -234,6 +240,8 @@ def _fmt(x) -> str:
 
 
 def main(argv=None) -> int:
+    from agents.common.windows import FLIPS
+
     sp = _staged_benchmark()
     add_phantom_args, make_phantom_dataset = sp.add_phantom_args, sp.make_phantom_dataset
     parse_with_preset, phantom_options = sp.parse_with_preset, sp.phantom_options
@@ -265,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--res-units", type=int, default=0, help="MONAI UNet num_res_units (default 0)")
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (one row each)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--test-flips", type=int, choices=sorted(FLIPS), default=1,
+                    help="test predictions averaged over this many flipped copies of each image (1: none)")
     ap.add_argument("--out", metavar="RUN_DIR", help="write RUN_DIR/report.json (only with exactly one seed)")
     args = parse_with_preset(ap, argv, rename={"test": "test_cases"})
     data_opts = phantom_options(ap, args)
@@ -293,7 +303,7 @@ def main(argv=None) -> int:
         ap.error("--data (or --phantoms) is required")
     rows = [run(args.data, eval_labels=args.eval_labels, test=args.test, steps=steps, cpu_minutes=args.cpu_minutes,
                 seed=s, batch=args.batch, lr=args.lr, channels=[int(c) for c in args.channels.split(",")],
-                res_units=args.res_units, out=args.out) for s in seeds]
+                res_units=args.res_units, out=args.out, test_flips=args.test_flips) for s in seeds]
     print("| seed | test Dice vs truth | its predictions on training images vs truth | steps | CPU-min |")
     print("|---|---|---|---|---|")
     for r in rows:

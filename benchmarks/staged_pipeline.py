@@ -326,16 +326,37 @@ def score_test_cases(images_ts: Path, clean_ts: Path, predict, modality: str = "
     return out
 
 
-def _test_scores(run_dir: Path, data: Path, clean_ts: Path) -> dict:
-    """A staged run's test scores (``score_test_cases`` with its ``model.pt``)."""
-    from agents.staged.checkpoint import load_model
+#: a staged run's cached test scores (``_test_scores``), next to its model.pt
+TEST_SCORES = "test_scores.json"
+
+
+def _test_scores(run_dir: Path, data: Path, clean_ts: Path, flips: int = 1) -> dict:
+    """A staged run's test scores (``score_test_cases`` with its ``model.pt``; ``flips``: each
+    probability the mean over that many flipped copies, ``predict_probability(flips=)``).
+
+    Cached in ``run_dir/TEST_SCORES`` with the flip count, the test cases and the model file's
+    size and modification time: a ``--reuse`` pass re-predicts only the runs whose model, test
+    set or flip count changed (with 4 flips a 10 CPU-min run takes about 2 CPU-min to score)."""
+    from agents.staged.checkpoint import load_model, resolve_model_path
     from agents.staged.segment import predict_probability
 
+    st = resolve_model_path(run_dir).stat()
+    key = {"flips": int(flips), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns,
+           "cases": sorted(p.name[: -len(".nii.gz")] for p in (data / "imagesTs").glob("*.nii.gz"))}
+    cache = Path(run_dir) / TEST_SCORES
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["scores"]
     model, meta = load_model(run_dir)
     window = meta.get("window", 64)
-    return score_test_cases(data / "imagesTs", clean_ts,
-                            lambda case, _: predict_probability(model, case.image, window=window) > 0.5,
-                            modality=meta.get("modality", "auto"))
+    scores = score_test_cases(data / "imagesTs", clean_ts,
+                              lambda case, _: predict_probability(model, case.image, window=window, flips=flips) > 0.5,
+                              modality=meta.get("modality", "auto"))
+    from agents.staged.pipeline import json_safe
+
+    cache.write_text(json.dumps(json_safe({"key": key, "scores": scores})))
+    return scores
 
 
 def _paired_lines(rows, reference: str = "svl-drl") -> list[str]:
@@ -510,6 +531,8 @@ def _fmt(x, nd=4):
 
 
 def main(argv=None) -> int:
+    from agents.common.windows import FLIPS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-minutes", type=float, default=4.0, help="CPU budget per method (process CPU time)")
@@ -540,6 +563,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default=REFERENCE, metavar="METHOD",
                     help="the row every other is compared with: paired differences and P(METHOD > method) "
                          f"(default {REFERENCE})")
+    ap.add_argument("--test-flips", type=int, choices=sorted(FLIPS), default=1,
+                    help="test-time averaging: every row's test probability is the mean over this many flipped "
+                         "copies of each image (svl-drl segment --flips; the plain U-Net likewise). 1: none, the "
+                         "README's tables; a changed count re-scores the reused runs and retrains the plain U-Net")
     ap.add_argument("--stats-from", metavar="JSON",
                     help="no training: recompute the statistics files from a benchmark JSON (written next to --out)")
     args = parse_with_preset(ap, argv)
@@ -611,7 +638,7 @@ def main(argv=None) -> int:
                 "--test", str(work), "--eval-labels", str(work / "clean_labelsTr"),
                 "--cpu-minutes", str(args.cpu_minutes), "--seeds", str(sd), "--threads", "1",
                 "--channels", PLAIN_UNET_CHANNELS, "--res-units", str(PLAIN_UNET_RES_UNITS),
-                "--out", str(run_dir(PLAIN_UNET, sd))]
+                "--test-flips", str(args.test_flips), "--out", str(run_dir(PLAIN_UNET, sd))]
 
     test_cases = sorted(p.name[: -len(".nii.gz")] for p in (work / "data" / "imagesTs").glob("*.nii.gz"))
 
@@ -619,10 +646,11 @@ def main(argv=None) -> int:
         report = run_dir(m, sd) / "report.json"
         if not (args.reuse and report.is_file()):
             return True
-        stored = json.loads(report.read_text()).get("test")
-        if stored is not None and stored.get("cases") != test_cases:
-            # its test scores are stored, not re-scored from a model.pt: a changed --test retrains it
-            # (and its stale report must not stand in for a failed retraining)
+        rep = json.loads(report.read_text())
+        stored = rep.get("test")
+        if stored is not None and (stored.get("cases") != test_cases or rep.get("test_flips", 1) != args.test_flips):
+            # its test scores are stored, not re-scored from a model.pt: a changed --test or
+            # --test-flips retrains it (and its stale report must not stand in for a failed retraining)
             report.unlink()
             return True
         return False
@@ -659,7 +687,8 @@ def main(argv=None) -> int:
                 continue
             rep = json.loads((rd / "report.json").read_text())
             # a run that scored the test cases itself (the plain U-Net: no model.pt to load)
-            test = rep["test"] if "test" in rep else _test_scores(rd, work / "data", work / "clean_labelsTs")
+            test = (rep["test"] if "test" in rep else
+                    _test_scores(rd, work / "data", work / "clean_labelsTs", flips=args.test_flips))
             ev = rep.get("eval", {})
             runs.append({"seed": sd, "test": {k: test[k] for k in ("dice", "iou", "hd95", "asd")},
                          "test_per_case_dice": test["per_case"]["dice"], "test_cases": test["cases"],

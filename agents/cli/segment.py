@@ -2,7 +2,8 @@
 
     svl-drl segment --model runs/pipeline --images imagesTs --out masks
 
-Every image (any size) is segmented with overlapping sliding windows; the mask is written as
+Every image (any size) is segmented with overlapping sliding windows (``--flips N``: averaged over
+N flipped copies); the mask is written as
 ``out/NAME.nii.gz`` (nnU-Net's ``_0000`` dropped) with the image's affine and header (uint8).
 Bad input: one line on stderr, exit code 2.
 """
@@ -10,6 +11,8 @@ Bad input: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
+
+from agents.common.windows import FLIPS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sliding-window size: one int or three (default: the model's, 64)")
     p.add_argument("--overlap", type=float, default=0.25, help="fraction of overlap between neighbouring windows")
     p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
+    p.add_argument("--flips", type=int, default=1, choices=sorted(FLIPS),
+                   help="test-time averaging: the mean probability over this many flipped copies of each image "
+                        "(1: none; 2, 4, 8: each copy costs one more pass). Default 1, which is what the "
+                        "benchmarks score")
     p.add_argument("--modality", default=None, choices=("auto", "ct", "mr", "none"),
                    help="intensity normalisation (default: the one the model was trained with)")
     p.add_argument("--label-value", type=int, default=1, help="value written for foreground voxels")
@@ -42,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
     written = segment_folder(args.model, args.images, args.out, window=window, overlap=args.overlap,
                              batch_size=args.batch_size, modality=args.modality, label_value=args.label_value,
-                             device=args.device, progress=not args.no_progress)
+                             device=args.device, progress=not args.no_progress, flips=args.flips)
     print(f"segmented {len(written)} image(s) into {args.out}")
     return 0

@@ -63,8 +63,11 @@ def _out_name(image_path: Path) -> str:
 
 def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.25, batch_size: int = 2,
                    modality: str | None = None, label_value: int = 1, device="cpu",
-                   progress: bool = True) -> list[Path]:
+                   progress: bool = True, flips: int = 1) -> list[Path]:
     """Segment every NIfTI image in ``images`` with a pipeline model; write masks to ``out``.
+
+    ``flips``: each probability is the mean over that many flipped copies of the image
+    (``predict_probability``; 1, 2, 4 or 8).
 
     ``model_path``: a pipeline output folder (its ``model.pt``) or the checkpoint file. Masks are
     named like the images (nnU-Net's ``_0000`` dropped) and keep each image's affine and header.
@@ -87,6 +90,6 @@ def segment_folder(model_path, images, out, *, window=None, overlap: float = 0.2
         for ip in tqdm(files, desc="segment", unit="image", disable=not progress):
             case = load_case(ip, None, modality=mod)
             prob = predict_probability(model, case.image, window=win, overlap=overlap, batch_size=batch_size,
-                                       device=device, progress=progress, desc=case.name)
+                                       device=device, progress=progress, desc=case.name, flips=flips)
             save_label_like((prob > 0.5).astype(np.int64) * int(label_value), ip, staging / _out_name(ip), np.uint8)
     return [out / _out_name(ip) for ip in files]

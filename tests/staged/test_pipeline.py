@@ -182,6 +182,35 @@ def test_segment_odd_shape_keeps_the_image_geometry(svl_run, tmp_path):
     assert set(np.unique(np.asarray(got.dataobj))) <= {0, 1}
 
 
+def test_segment_flips_average_the_probability(svl_run, tmp_path, monkeypatch, capsys):
+    """``--flips 4``: every image's probability is the mean over four flipped copies (the mask
+    is that mean > 0.5); a count outside 1/2/4/8 is refused before anything is read."""
+    import agents.staged.segment as seg
+    from agents.staged.checkpoint import load_model
+    from svl_env.data.nifti import load_case
+
+    data = svl_run["data"]
+    calls = []
+    real = seg.flip_mean
+
+    def counting(fn, vols, flips=1):
+        calls.append(flips)
+        return real(fn, vols, flips)
+
+    monkeypatch.setattr(seg, "flip_mean", counting)
+    out = tmp_path / "masks"
+    assert main(["segment", "--model", str(svl_run["out"]), "--images", str(data / "imagesTs"), "--out", str(out),
+                 "--window", "16", "--flips", "4", "--no-progress"]) == 0
+    assert calls == [4]  # the one test image, four copies
+    model, _ = load_model(svl_run["out"])
+    image = load_case(data / "imagesTs" / "new_0000.nii.gz", None).image
+    want = seg.predict_probability(model, image, window=16, flips=4) > 0.5
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out / "new.nii.gz")).dataobj) > 0, want)
+    with pytest.raises(SystemExit) as exc:  # an argparse usage error
+        main(["segment", "--model", str(svl_run["out"]), "--images", str(data / "imagesTs"),
+              "--out", str(tmp_path / "m3"), "--flips", "3", "--no-progress"])
+    assert exc.value.code == 2 and "--flips" in _one_line_error(capsys) and not (tmp_path / "m3").exists()
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

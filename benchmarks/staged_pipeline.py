@@ -730,7 +730,9 @@ def main(argv=None) -> int:
         f"{data_summary['given_label_dice']:.4f}. "
         f"Budget: {args.cpu_minutes:g} CPU-minutes of training per run (process CPU time, 1 thread); "
         f"data seed {args.seed}; every method run with seeds {', '.join(map(str, seeds))} -- means over the runs, "
-        f"and each run's test Dice.",
+        f"and each run's test Dice"
+        + (f"; test predictions averaged over {args.test_flips} flipped copies of each image (--test-flips)."
+           if args.test_flips != 1 else "."),
         "",
         "| method | test Dice (mean) | test Dice per run | test IoU | test HD95 (mm) | test ASD (mm) | "
         "training labels out: Dice vs truth | model on training images: Dice | updates |",
@@ -764,7 +766,8 @@ def main(argv=None) -> int:
               f"--seed {args.seed} --run-seeds {','.join(map(str, seeds))} --precision {args.precision}"
               + (f" --preset {args.preset}" if args.preset else "")
               + ("" if tuple(methods) == DEFAULT_METHODS else f" --methods '{','.join(methods)}'")
-              + ("" if args.reference == REFERENCE else f" --reference '{args.reference}'") + "`"]
+              + ("" if args.reference == REFERENCE else f" --reference '{args.reference}'")
+              + ("" if args.test_flips == 1 else f" --test-flips {args.test_flips}") + "`"]
     table = "\n".join(lines)
     print()
     print(table)

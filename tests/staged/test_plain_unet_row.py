@@ -113,3 +113,31 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys)
     assert by[b.PLAIN_UNET]["runs"][0]["test_cases"] == by["noisy"]["runs"][0]["test_cases"] == cases3
     assert len(by[b.PLAIN_UNET]["runs"][0]["test_per_case_dice"]) == 3
     assert stats[b.PLAIN_UNET]["test_cases"] == 3
+
+    # the staged rows' test scores are cached next to the model: the same model, cases and flips
+    # read back without predicting; another flip count predicts again
+    import agents.staged.checkpoint as ckpt
+
+    noisy_dir = work / "runs" / "noisy" / "seed0"
+    cache = json.loads((noisy_dir / b.TEST_SCORES).read_text())
+    assert cache["key"]["flips"] == 1 and cache["key"]["cases"] == cases3
+    real_load = ckpt.load_model
+
+    def no_load(*a, **k):
+        raise AssertionError("re-predicted a cached run")
+
+    ckpt.load_model = no_load
+    try:
+        got = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")
+    finally:
+        ckpt.load_model = real_load
+    assert got["per_case"]["dice"] == by["noisy"]["runs"][0]["test_per_case_dice"]
+
+    # --test-flips 2: the noisy model is re-scored from its model.pt, the plain U-Net retrained
+    assert b.main(args + ["--test", "3", "--reuse", "--test-flips", "2"]) == 0
+    assert "training 1 run(s)" in capsys.readouterr().out
+    assert noisy_pt.stat().st_mtime_ns == mtimes[noisy_pt]
+    assert json.loads((noisy_dir / b.TEST_SCORES).read_text())["key"]["flips"] == 2
+    assert json.loads(report_path.read_text())["test_flips"] == 2
+    assert rows()[0]["noisy"]["runs"][0]["test_cases"] == cases3
+    assert "--test-flips 2`" in out.read_text()  # the table's command reproduces it

@@ -13,6 +13,22 @@ from test_controls import MODEL
 folder = test_controls.folder  # the controls' tiny Decathlon folder (a module-scoped fixture)
 
 
+def count_flips(monkeypatch, *modules) -> list[int]:
+    """Record the flip count of every ``flip_mean`` call, through ``agents.common.windows`` and
+    each of ``modules`` (which import the name); returns the list the calls append to."""
+    import agents.common.windows as windows
+
+    real, calls = windows.flip_mean, []
+
+    def counting(fn, vols, flips=1):
+        calls.append(flips)
+        return real(fn, vols, flips)
+
+    for m in (windows, *modules):
+        monkeypatch.setattr(m, "flip_mean", counting)
+    return calls
+
+
 def test_flip_mean_undoes_each_flip():
     from agents.common.windows import FLIPS, flip_mean
 
@@ -35,7 +51,6 @@ def test_flip_mean_undoes_each_flip():
 def test_refinement_candidates_are_flip_means(folder, monkeypatch):
     """svl-drl's proposals and self-training's predictions go through ``flip_mean`` with
     ``refine_flips`` copies; a bad value is refused."""
-    import agents.common.windows as windows
     from agents.common.budget import Budget
     from agents.staged.data import load_training_set
     from agents.staged.harness import make_train_config
@@ -47,19 +62,10 @@ def test_refinement_candidates_are_flip_means(folder, monkeypatch):
     with pytest.raises(ValueError, match="refine_flips"):
         make_train_config(refine_flips=3)
     ts = load_training_set(folder[0], progress=False)
-    counts = []
-    real = windows.flip_mean
-
-    def counting(fn, vols, flips=1):
-        counts.append(flips)
-        return real(fn, vols, flips)
-
-    monkeypatch.setattr(windows, "flip_mean", counting)
     import agents.staged.label_refinement as lr
     import agents.staged.segment as seg
 
-    monkeypatch.setattr(lr, "flip_mean", windows.flip_mean)
-    monkeypatch.setattr(seg, "flip_mean", windows.flip_mean)
+    counts = count_flips(monkeypatch, lr, seg)
     cfg = make_train_config(refine_flips=4, window=16, patch=16)
     refine_labels(make_model(MODEL, seed=0), ts, cfg=cfg)
     assert counts and set(counts) == {4}  # agents' proposals and the decoder's probability

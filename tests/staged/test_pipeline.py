@@ -185,19 +185,14 @@ def test_segment_odd_shape_keeps_the_image_geometry(svl_run, tmp_path):
 def test_segment_flips_average_the_probability(svl_run, tmp_path, monkeypatch, capsys):
     """``--flips 4``: every image's probability is the mean over four flipped copies (the mask
     is that mean > 0.5); a count outside 1/2/4/8 is refused before anything is read."""
+    from test_flip_averaging import count_flips
+
     import agents.staged.segment as seg
     from agents.staged.checkpoint import load_model
     from svl_env.data.nifti import load_case
 
     data = svl_run["data"]
-    calls = []
-    real = seg.flip_mean
-
-    def counting(fn, vols, flips=1):
-        calls.append(flips)
-        return real(fn, vols, flips)
-
-    monkeypatch.setattr(seg, "flip_mean", counting)
+    calls = count_flips(monkeypatch, seg)
     out = tmp_path / "masks"
     assert main(["segment", "--model", str(svl_run["out"]), "--images", str(data / "imagesTs"), "--out", str(out),
                  "--window", "16", "--flips", "4", "--no-progress"]) == 0

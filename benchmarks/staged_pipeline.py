@@ -36,8 +36,10 @@ a clean-label upper bound, on phantoms with MT-Noise at noise ratio 0.5 (the pap
    the same scorer, truths and case order as ``_test_scores``), since it has no ``model.pt``.
    Each run gets ``--eval-labels clean_labelsTr`` (read after training) for the Dice of its
    refined training labels and of its model's predictions on the training images.
-3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window); Dice, IoU,
-   HD95, ASD against ``clean_labelsTs`` (``svl_env.metrics``, mean over test cases).
+3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window, one pass;
+   ``--test-flips N``: the mean over N flipped copies, as ``svl-drl segment --flips N``); Dice,
+   IoU, HD95, ASD against ``clean_labelsTs`` (``svl_env.metrics``, mean over test cases). The
+   scores are cached in each run folder (``TEST_SCORES``) for ``--reuse``.
 4. Statistics over the run seeds: svl-drl minus each method, paired by run seed; and rliable's
    (``agents.eval.stats``, shared with the RL leaderboard) Dice IQM and mean with stratified-bootstrap
    95 % CIs of every method's (run seeds x test cases) per-case Dice, and P(svl-drl > method), in

@@ -339,25 +339,28 @@ def _test_scores(run_dir: Path, data: Path, clean_ts: Path, flips: int = 1) -> d
     Cached in ``run_dir/TEST_SCORES`` with the flip count, the test cases and the model file's
     size and modification time: a ``--reuse`` pass re-predicts only the runs whose model, test
     set or flip count changed (with 4 flips a 10 CPU-min run takes about 2 CPU-min to score)."""
+    from agents.common.checkpoint import atomic_write
     from agents.staged.checkpoint import load_model, resolve_model_path
+    from agents.staged.pipeline import json_safe
     from agents.staged.segment import predict_probability
 
     st = resolve_model_path(run_dir).stat()
     key = {"flips": int(flips), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns,
            "cases": sorted(p.name[: -len(".nii.gz")] for p in (data / "imagesTs").glob("*.nii.gz"))}
     cache = Path(run_dir) / TEST_SCORES
-    if cache.is_file():
+    try:
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
             return stored["scores"]
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: score again
+        pass
     model, meta = load_model(run_dir)
     window = meta.get("window", 64)
     scores = score_test_cases(data / "imagesTs", clean_ts,
                               lambda case, _: predict_probability(model, case.image, window=window, flips=flips) > 0.5,
                               modality=meta.get("modality", "auto"))
-    from agents.staged.pipeline import json_safe
-
-    cache.write_text(json.dumps(json_safe({"key": key, "scores": scores})))
+    text = json.dumps(json_safe({"key": key, "scores": scores}))  # NaN HD95 -> null, as report.json
+    atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
     return scores
 
 

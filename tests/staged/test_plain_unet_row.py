@@ -132,6 +132,10 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys)
     finally:
         ckpt.load_model = real_load
     assert got["per_case"]["dice"] == by["noisy"]["runs"][0]["test_per_case_dice"]
+    (noisy_dir / b.TEST_SCORES).write_text("{truncated")  # an unreadable cache is scored again
+    again = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")
+    assert again["per_case"]["dice"] == pytest.approx(got["per_case"]["dice"])
+    assert json.loads((noisy_dir / b.TEST_SCORES).read_text())["key"] == cache["key"]
 
     # --test-flips 2: the noisy model is re-scored from its model.pt, the plain U-Net retrained
     assert b.main(args + ["--test", "3", "--reuse", "--test-flips", "2"]) == 0

@@ -307,6 +307,12 @@ def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, logdir: Path) ->
     return done
 
 
+def list_test_cases(images_ts: Path) -> list[str]:
+    """The test cases of ``images_ts``: its ``*.nii.gz`` names without the suffix, sorted (the
+    order ``score_test_cases`` scores them in)."""
+    return sorted(p.name[: -len(".nii.gz")] for p in Path(images_ts).glob("*.nii.gz"))
+
+
 def score_test_cases(images_ts: Path, clean_ts: Path, predict, modality: str = "auto") -> dict:
     """Every row's test scores: the sorted ``images_ts/*.nii.gz``, each read with its clean label
     ``clean_ts/<same name>`` (``svl_env.data.nifti.load_case``, ``modality`` normalisation) and
@@ -346,7 +352,7 @@ def _test_scores(run_dir: Path, data: Path, clean_ts: Path, flips: int = 1) -> d
 
     st = resolve_model_path(run_dir).stat()
     key = {"flips": int(flips), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns,
-           "cases": sorted(p.name[: -len(".nii.gz")] for p in (data / "imagesTs").glob("*.nii.gz"))}
+           "cases": list_test_cases(data / "imagesTs")}
     cache = Path(run_dir) / TEST_SCORES
     try:
         stored = json.loads(cache.read_text())
@@ -645,7 +651,7 @@ def main(argv=None) -> int:
                 "--channels", PLAIN_UNET_CHANNELS, "--res-units", str(PLAIN_UNET_RES_UNITS),
                 "--test-flips", str(args.test_flips), "--out", str(run_dir(PLAIN_UNET, sd))]
 
-    test_cases = sorted(p.name[: -len(".nii.gz")] for p in (work / "data" / "imagesTs").glob("*.nii.gz"))
+    test_cases = list_test_cases(work / "data" / "imagesTs")
 
     def todo(m, sd):
         report = run_dir(m, sd) / "report.json"

@@ -206,6 +206,7 @@ def test_segment_flips_average_the_probability(svl_run, tmp_path, monkeypatch, c
               "--out", str(tmp_path / "m3"), "--flips", "3", "--no-progress"])
     assert exc.value.code == 2 and "--flips" in _one_line_error(capsys) and not (tmp_path / "m3").exists()
 
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

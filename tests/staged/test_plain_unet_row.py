@@ -63,7 +63,7 @@ def test_budget_flags_and_out_needs_one_seed(tmp_path, monkeypatch, benchmark_sc
         assert exc.value.code == 2
 
 
-def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys):
+def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys, monkeypatch):
     b = benchmark_script("staged_pipeline")
     assert b.PLAIN_UNET in b.ALL_METHODS and b.PLAIN_UNET not in b.DEFAULT_METHODS
     work, out = tmp_path / "work", tmp_path / "res" / "table.md"
@@ -121,16 +121,13 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys)
     noisy_dir = work / "runs" / "noisy" / "seed0"
     cache = json.loads((noisy_dir / b.TEST_SCORES).read_text())
     assert cache["key"]["flips"] == 1 and cache["key"]["cases"] == cases3
-    real_load = ckpt.load_model
 
     def no_load(*a, **k):
         raise AssertionError("re-predicted a cached run")
 
-    ckpt.load_model = no_load
-    try:
-        got = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")
-    finally:
-        ckpt.load_model = real_load
+    monkeypatch.setattr(ckpt, "load_model", no_load)
+    got = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")
+    monkeypatch.undo()
     assert got["per_case"]["dice"] == by["noisy"]["runs"][0]["test_per_case_dice"]
     (noisy_dir / b.TEST_SCORES).write_text("{truncated")  # an unreadable cache is scored again
     again = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")

@@ -98,6 +98,11 @@ REFIT = ["--rounds", "1", "--refit", "0.4", "--set", "warmup_frac=0.15", "--set"
 # over 4 flipped copies (refine_flips)
 CROSSFIT = ["--rounds", "1", "--crossfit", "0.25", "--refit", "0.35", "--set", "warmup_frac=0.1",
             "--set", "transition_frac=0.05", "--set", "refit_reinit=true", "--set", "refine_flips=4"]
+# the long-refit schedule (issue 16): the cross-fit schedule without its cross-fit stage, whose
+# quarter of the budget goes to Refit (60 %); the agents read no consensus (agent_consensus
+# none: a constant), since those trained with the out-of-fold one hardly read it
+LONG_REFIT = ["--rounds", "1", "--refit", "0.6", "--set", "warmup_frac=0.1", "--set", "transition_frac=0.05",
+              "--set", "refit_reinit=true", "--set", "refine_flips=4", "--set", "agent_consensus=none"]
 METHODS = {  # name -> (pipeline args, uses clean training labels)
     "noisy": (["--method", "noisy"], False),
     "coteaching": (["--method", "coteaching"], False),
@@ -118,6 +123,10 @@ METHODS = {  # name -> (pipeline args, uses clean training labels)
     "svl-drl (cross-fit)": (["--method", "svl-drl", "--intensity-every", "0", "--accept", "agents", *CROSSFIT],
                             False),
     "self-training (cross-fit)": (["--method", "self-training", *CROSSFIT], False),
+    # the same agents without a consensus, and the budget of the cross-fit stage given to Refit
+    "svl-drl (long refit)": (["--method", "svl-drl", "--intensity-every", "0", "--accept", "agents", *LONG_REFIT],
+                             False),
+    "self-training (long refit)": (["--method", "self-training", *LONG_REFIT], False),
     "clean (upper bound)": (["--method", "noisy"], True),
     "noisy (updates matched to svl-drl)": (["--method", "noisy"], False),
 }

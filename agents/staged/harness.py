@@ -60,6 +60,13 @@ DEFAULT_TRAIN: dict = {
     # (README "Realistic phantoms", row "svl-drl (cross-fit)", whose schedule is CROSSFIT in
     # benchmarks/staged_pipeline.py)
     "crossfit_frac": 0.0, "crossfit_folds": 2,
+    # agent_consensus: what the label agents read as their consensus state (seg_prob,
+    # consensus_gap) and the acceptance rules judge against. "model": the segmentation
+    # decoder's probability, or the cross-fit stage's out-of-fold one when crossfit_frac > 0.
+    # "none": a constant 0.5 everywhere, so the agents judge a label from the image and the
+    # label alone, and no budget goes to a cross-fit stage (on the realistic preset the agents
+    # trained with the out-of-fold consensus hardly read it: README "Flip-averaged refinement")
+    "agent_consensus": "model",
     # loss weights (svl-drl)
     "lambda_max": 0.3, "alpha": 0.1, "beta_max": 0.3, "beta_ramp": 0.3,
     # label agents (svl-drl)
@@ -100,6 +107,10 @@ DEFAULT_TRAIN: dict = {
 }
 
 
+#: the ``agent_consensus`` values (DEFAULT_TRAIN)
+AGENT_CONSENSUS = ("model", "none")
+
+
 def make_train_config(**overrides) -> dict:
     """``DEFAULT_TRAIN`` with ``overrides``; unknown keys / bad values raise ValueError."""
     unknown = set(overrides) - set(DEFAULT_TRAIN)
@@ -128,10 +139,15 @@ def make_train_config(**overrides) -> dict:
                          "(Full RL takes the rest)")
     if int(cfg["crossfit_folds"]) < 2:
         raise ValueError(f"crossfit_folds must be >= 2, got {cfg['crossfit_folds']!r}")
-    if cfg["crossfit_frac"] > 0 and cfg["agent_target"] != "given":
+    if (cfg["crossfit_frac"] > 0 or cfg["agent_consensus"] == "none") and cfg["agent_target"] != "given":
         # the consensus patches are cut where the given labels' patch source cuts them
         # (TrainingSet.crop_like_given), which is the agents' environment only with target "given"
-        raise ValueError("crossfit_frac > 0 needs agent_target 'given'")
+        raise ValueError("crossfit_frac > 0 and agent_consensus 'none' need agent_target 'given'")
+    if cfg["agent_consensus"] not in AGENT_CONSENSUS:
+        raise ValueError(f"agent_consensus must be one of {', '.join(AGENT_CONSENSUS)}, "
+                         f"got {cfg['agent_consensus']!r}")
+    if cfg["agent_consensus"] == "none" and cfg["crossfit_frac"] > 0:
+        raise ValueError("agent_consensus 'none' replaces the cross-fit consensus; set crossfit_frac 0")
     from agents.staged.label_refinement import ACCEPT_RULES
 
     if cfg["accept"] not in ACCEPT_RULES:

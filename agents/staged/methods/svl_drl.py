@@ -192,6 +192,8 @@ class StagedRun:
         clock = Clock(self.budget)
         cfg, model = self.cfg, self.model
         self.ts.consensus = None  # a cross-fit consensus is this run's own (made by its first stage)
+        if cfg["agent_consensus"] == "none":  # a constant: the agents see no one's prediction
+            self.ts.consensus = [np.full(img.shape, 0.5, np.float32) for img in self.ts.images]
         model.train()
         u, rnd = 0, 1 if self.refine_at else 0
         stage_now = None

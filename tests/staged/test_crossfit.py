@@ -128,3 +128,31 @@ def test_crossfit_options_are_validated(folder, tmp_path, capsys):
     assert main(["pipeline", "--data", str(folder[0]), "--out", str(tmp_path / "r"), "--crossfit", "2",
                  *FAST]) == 2
     assert "crossfit_frac" in capsys.readouterr().err
+
+
+def test_agent_consensus_none_gives_the_agents_a_constant(folder, tmp_path, monkeypatch):
+    """``--set agent_consensus=none``: every consensus the label agents read, in their episodes and
+    in the round's refinement, is 0.5; no cross-fit stage runs. It is validated against
+    ``crossfit_frac`` and ``agent_target``."""
+    import agents.staged.label_refinement as lr
+    from agents.staged.harness import make_train_config
+
+    seen = []
+    real = lr.state_channels
+    monkeypatch.setattr(lr, "state_channels", lambda m, s, p, t, n: (seen.append(p.clone()), real(m, s, p, t, n))[1])
+    out = tmp_path / "run"
+    assert main(["pipeline", "--data", str(folder[0]), "--out", str(out), "--refit", "0.25",
+                 "--set", "agent_consensus=none", *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "crossfit" not in [s["stage"] for s in report["stage_plan"]] and report["refinements"]
+    assert len(seen) >= 2 and all(torch.equal(p, torch.full_like(p, 0.5)) for p in seen)
+    seen.clear()
+    assert main(["pipeline", "--data", str(folder[0]), "--out", str(tmp_path / "model"), "--refit", "0.25",
+                 *FAST]) == 0  # the default: the decoder's own probability
+    assert seen and not all(torch.equal(p, torch.full_like(p, 0.5)) for p in seen)
+    with pytest.raises(ValueError, match="crossfit_frac 0"):
+        make_train_config(agent_consensus="none", crossfit_frac=0.2)
+    with pytest.raises(ValueError, match="agent_target"):
+        make_train_config(agent_consensus="none", agent_target="current")
+    with pytest.raises(ValueError, match="agent_consensus must be one of"):
+        make_train_config(agent_consensus="oracle")

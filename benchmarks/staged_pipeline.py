@@ -293,27 +293,50 @@ def phantom_options(ap: argparse.ArgumentParser, args) -> dict:
 
 
 def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, logdir: Path) -> dict[str, dict]:
-    """Run CLI commands, ``parallel`` at a time; returns {name: {"rc", "wall_s", "log"}}."""
+    """Run CLI commands, ``parallel`` at a time; returns {name: {"rc", "wall_s", "log"}}.
+
+    If this loop is left early (Ctrl-C, SIGTERM through ``_exit_on_sigterm``, an error), the
+    runs it started are terminated: a run left going would go on writing into the run folder
+    that the next ``--reuse`` reads."""
     pending, running, done = list(jobs), {}, {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, cmd = pending.pop(0)
-            log = logdir / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".log")
-            fh = open(log, "w")
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"})
-            running[name] = (proc, fh, time.perf_counter(), log)
-            print(f"  started {name}", flush=True)
-        time.sleep(1.0)
-        for name in list(running):
-            proc, fh, t0, log = running[name]
-            if proc.poll() is not None:
-                fh.close()
-                done[name] = {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "log": str(log)}
-                del running[name]
-                status = "ok" if proc.returncode == 0 else f"FAILED (rc {proc.returncode}, see {log})"
-                print(f"  finished {name}: {status}, {done[name]['wall_s'] / 60:.1f} min wall", flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                name, cmd = pending.pop(0)
+                log = logdir / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".log")
+                fh = open(log, "w")
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+                                        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"})
+                running[name] = (proc, fh, time.perf_counter(), log)
+                print(f"  started {name}", flush=True)
+            time.sleep(1.0)
+            for name in list(running):
+                proc, fh, t0, log = running[name]
+                if proc.poll() is not None:
+                    fh.close()
+                    done[name] = {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "log": str(log)}
+                    del running[name]
+                    status = "ok" if proc.returncode == 0 else f"FAILED (rc {proc.returncode}, see {log})"
+                    print(f"  finished {name}: {status}, {done[name]['wall_s'] / 60:.1f} min wall", flush=True)
+    finally:
+        for name, (proc, fh, _, _) in running.items():
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            fh.close()
+            print(f"  stopped {name} (unfinished)", flush=True)
     return done
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) exits through Python like Ctrl-C does, so that
+    ``_run_jobs`` stops the runs it started instead of leaving them to the shell."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def list_test_cases(images_ts: Path) -> list[str]:
@@ -803,4 +826,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    _exit_on_sigterm()
     sys.exit(main())

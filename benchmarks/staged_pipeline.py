@@ -36,7 +36,8 @@ a clean-label upper bound, on phantoms with MT-Noise at noise ratio 0.5 (the pap
    the same scorer, truths and case order as ``_test_scores``), since it has no ``model.pt``.
    Each run gets ``--eval-labels clean_labelsTr`` (read after training) for the Dice of its
    refined training labels and of its model's predictions on the training images.
-3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window, one pass;
+3. Test: every model segments ``imagesTs`` (``svl-drl segment``'s sliding window, one pass by
+   default, i.e. ``svl-drl segment --flips 1``, which the README's tables score;
    ``--test-flips N``: the mean over N flipped copies, as ``svl-drl segment --flips N``); Dice,
    IoU, HD95, ASD against ``clean_labelsTs`` (``svl_env.metrics``, mean over test cases). The
    scores are cached in each run folder (``TEST_SCORES``) for ``--reuse``.
@@ -608,8 +609,9 @@ def main(argv=None) -> int:
                          f"(default {REFERENCE})")
     ap.add_argument("--test-flips", type=int, choices=sorted(FLIPS), default=1,
                     help="test-time averaging: every row's test probability is the mean over this many flipped "
-                         "copies of each image (svl-drl segment --flips; the plain U-Net likewise). 1: none, the "
-                         "README's tables; a changed count re-scores the reused runs and retrains the plain U-Net")
+                         "copies of each image (svl-drl segment --flips, whose default is 4; the plain U-Net "
+                         "likewise). 1: none, the README's tables; a changed count re-scores the reused runs and "
+                         "retrains the plain U-Net")
     ap.add_argument("--stats-from", metavar="JSON",
                     help="no training: recompute the statistics files from a benchmark JSON (written next to --out)")
     args = parse_with_preset(ap, argv)

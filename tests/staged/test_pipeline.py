@@ -183,8 +183,9 @@ def test_segment_odd_shape_keeps_the_image_geometry(svl_run, tmp_path):
 
 
 def test_segment_flips_average_the_probability(svl_run, tmp_path, monkeypatch, capsys):
-    """``--flips 4``: every image's probability is the mean over four flipped copies (the mask
-    is that mean > 0.5); a count outside 1/2/4/8 is refused before anything is read."""
+    """By default (``--flips 4``) every image's probability is the mean over four flipped copies
+    (the mask is that mean > 0.5); ``--flips 1`` is one pass; a count outside 1/2/4/8 is refused
+    before anything is read."""
     from test_flip_averaging import count_flips
 
     import agents.staged.segment as seg
@@ -195,12 +196,16 @@ def test_segment_flips_average_the_probability(svl_run, tmp_path, monkeypatch, c
     calls = count_flips(monkeypatch, seg)
     out = tmp_path / "masks"
     assert main(["segment", "--model", str(svl_run["out"]), "--images", str(data / "imagesTs"), "--out", str(out),
-                 "--window", "16", "--flips", "4", "--no-progress"]) == 0
+                 "--window", "16", "--no-progress"]) == 0
     assert calls == [4]  # the one test image, four copies
     model, _ = load_model(svl_run["out"])
     image = load_case(data / "imagesTs" / "new_0000.nii.gz", None).image
     want = seg.predict_probability(model, image, window=16, flips=4) > 0.5
     np.testing.assert_array_equal(np.asarray(nib.load(str(out / "new.nii.gz")).dataobj) > 0, want)
+    calls.clear()
+    assert main(["segment", "--model", str(svl_run["out"]), "--images", str(data / "imagesTs"),
+                 "--out", str(tmp_path / "one"), "--window", "16", "--flips", "1", "--no-progress"]) == 0
+    assert calls == [1]
     with pytest.raises(SystemExit) as exc:  # an argparse usage error
         main(["segment", "--model", str(svl_run["out"]), "--images", str(data / "imagesTs"),
               "--out", str(tmp_path / "m3"), "--flips", "3", "--no-progress"])

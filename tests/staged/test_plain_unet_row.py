@@ -119,8 +119,12 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys,
     import agents.staged.checkpoint as ckpt
 
     noisy_dir = work / "runs" / "noisy" / "seed0"
-    cache = json.loads((noisy_dir / b.TEST_SCORES).read_text())
-    assert cache["key"]["flips"] == 1 and cache["key"]["cases"] == cases3
+
+    def cached_keys():
+        return [e["key"] for e in json.loads((noisy_dir / b.TEST_SCORES).read_text())["entries"]]
+
+    (key1,) = cached_keys()
+    assert key1["flips"] == 1 and key1["cases"] == cases3
 
     def no_load(*a, **k):
         raise AssertionError("re-predicted a cached run")
@@ -132,13 +136,17 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys,
     (noisy_dir / b.TEST_SCORES).write_text("{truncated")  # an unreadable cache is scored again
     again = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")
     assert again["per_case"]["dice"] == pytest.approx(got["per_case"]["dice"])
-    assert json.loads((noisy_dir / b.TEST_SCORES).read_text())["key"] == cache["key"]
+    assert cached_keys() == [key1]
 
     # --test-flips 2: the noisy model is re-scored from its model.pt, the plain U-Net retrained
     assert b.main(args + ["--test", "3", "--reuse", "--test-flips", "2"]) == 0
     assert "training 1 run(s)" in capsys.readouterr().out
     assert noisy_pt.stat().st_mtime_ns == mtimes[noisy_pt]
-    assert json.loads((noisy_dir / b.TEST_SCORES).read_text())["key"]["flips"] == 2
+    assert [k["flips"] for k in cached_keys()] == [1, 2]  # each flip count keeps its scores
+    monkeypatch.setattr(ckpt, "load_model", no_load)
+    cached1 = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs", flips=1)
+    assert cached1["per_case"]["dice"] == pytest.approx(got["per_case"]["dice"])
+    monkeypatch.undo()
     assert json.loads(report_path.read_text())["test_flips"] == 2
     assert rows()[0]["noisy"]["runs"][0]["test_cases"] == cases3
     assert "--test-flips 2`" in out.read_text()  # the table's command reproduces it

@@ -377,38 +377,33 @@ def _test_scores(run_dir: Path, data: Path, clean_ts: Path, flips: int = 1) -> d
     """A staged run's test scores (``score_test_cases`` with its ``model.pt``; ``flips``: each
     probability the mean over that many flipped copies, ``predict_probability(flips=)``).
 
-    Cached in ``run_dir/TEST_SCORES``, one entry per flip count, each keyed by the flip count,
-    the test cases and the model file's size and modification time: a ``--reuse`` pass
-    re-predicts only the runs whose model or test set changed, or that were never scored with
-    this flip count (with 4 flips a 10 CPU-min run takes about 2 CPU-min to score). A new model
-    or test set drops the other entries."""
+    Cached in ``run_dir/TEST_SCORES``: the scores per flip count, under one key (the test cases
+    and the model file's size and modification time). A ``--reuse`` pass re-predicts only the
+    runs whose model or test set changed, or that were never scored with this flip count (with 4
+    flips a 10 CPU-min run takes about 2 CPU-min to score); a new model or test set drops the
+    scores of the old one."""
     from agents.common.checkpoint import atomic_write
     from agents.staged.checkpoint import load_model, resolve_model_path
     from agents.staged.pipeline import json_safe
     from agents.staged.segment import predict_probability
 
     st = resolve_model_path(run_dir).stat()
-    key = {"flips": int(flips), "model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns,
-           "cases": list_test_cases(data / "imagesTs")}
+    key = {"model_bytes": st.st_size, "model_mtime_ns": st.st_mtime_ns, "cases": list_test_cases(data / "imagesTs")}
     cache = Path(run_dir) / TEST_SCORES
     try:
-        entries = list(json.loads(cache.read_text())["entries"])
-        for entry in entries:
-            if entry["key"] == key:
-                return entry["scores"]
+        stored = json.loads(cache.read_text())
+        by_flips = dict(stored["scores"]) if stored["key"] == key else {}
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: score again
-        entries = []
+        by_flips = {}
+    if str(flips) in by_flips:  # JSON object keys are strings
+        return by_flips[str(flips)]
     model, meta = load_model(run_dir)
     window = meta.get("window", 64)
     scores = score_test_cases(data / "imagesTs", clean_ts,
                               lambda case, _: predict_probability(model, case.image, window=window, flips=flips) > 0.5,
                               modality=meta.get("modality", "auto"))
-    def other_flips(entry) -> bool:  # the same model and test set, another flip count: it stays
-        k = entry.get("key") if isinstance(entry, dict) else None
-        return isinstance(k, dict) and k.get("flips") != key["flips"] and {**k, "flips": key["flips"]} == key
-
-    kept = [e for e in entries if other_flips(e)]
-    text = json.dumps(json_safe({"entries": kept + [{"key": key, "scores": scores}]}))  # NaN HD95 -> null
+    by_flips[str(flips)] = scores
+    text = json.dumps(json_safe({"key": key, "scores": by_flips}))  # NaN HD95 -> null, as report.json
     atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
     return scores
 

@@ -120,11 +120,12 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys,
 
     noisy_dir = work / "runs" / "noisy" / "seed0"
 
-    def cached_keys():
-        return [e["key"] for e in json.loads((noisy_dir / b.TEST_SCORES).read_text())["entries"]]
+    def cached():  # (key, the flip counts scored)
+        stored = json.loads((noisy_dir / b.TEST_SCORES).read_text())
+        return stored["key"], [int(f) for f in stored["scores"]]
 
-    (key1,) = cached_keys()
-    assert key1["flips"] == 1 and key1["cases"] == cases3
+    key1, flips = cached()
+    assert flips == [1] and key1["cases"] == cases3
 
     def no_load(*a, **k):
         raise AssertionError("re-predicted a cached run")
@@ -136,13 +137,13 @@ def test_plain_unet_row_end_to_end_and_reuse(tmp_path, benchmark_script, capsys,
     (noisy_dir / b.TEST_SCORES).write_text("{truncated")  # an unreadable cache is scored again
     again = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs")
     assert again["per_case"]["dice"] == pytest.approx(got["per_case"]["dice"])
-    assert cached_keys() == [key1]
+    assert cached() == (key1, [1])
 
     # --test-flips 2: the noisy model is re-scored from its model.pt, the plain U-Net retrained
     assert b.main(args + ["--test", "3", "--reuse", "--test-flips", "2"]) == 0
     assert "training 1 run(s)" in capsys.readouterr().out
     assert noisy_pt.stat().st_mtime_ns == mtimes[noisy_pt]
-    assert [k["flips"] for k in cached_keys()] == [1, 2]  # each flip count keeps its scores
+    assert cached() == (key1, [1, 2])  # each flip count keeps its scores
     monkeypatch.setattr(ckpt, "load_model", no_load)
     cached1 = b._test_scores(noisy_dir, work / "data", work / "clean_labelsTs", flips=1)
     assert cached1["per_case"]["dice"] == pytest.approx(got["per_case"]["dice"])

@@ -25,6 +25,17 @@ def ts(folder):  # a fresh set per test: the tests set its consensus
     return load_training_set(folder[0], progress=False)
 
 
+def record_consensus(monkeypatch) -> list:
+    """Record the consensus (``seg_prob``) of every label-agent state built
+    (``label_refinement.state_channels``); returns the list the calls append to."""
+    import agents.staged.label_refinement as lr
+
+    seen = []
+    real = lr.state_channels
+    monkeypatch.setattr(lr, "state_channels", lambda m, s, p, t, n: (seen.append(p.clone()), real(m, s, p, t, n))[1])
+    return seen
+
+
 def test_fold_split_partitions_the_cases_reproducibly():
     from agents.staged.crossfit import fold_split
 
@@ -54,14 +65,11 @@ def test_each_case_is_predicted_by_the_network_that_did_not_train_on_it(ts):
 
 
 def test_the_agents_read_the_consensus_in_episodes_and_refinement(ts, monkeypatch):
-    import agents.staged.label_refinement as lr
     from agents.staged.label_refinement import LabelAgentEpisodes, refine_volume
     from agents.staged.losses import seg_loss
     from agents.staged.model import make_model
 
-    seen = []
-    real = lr.state_channels
-    monkeypatch.setattr(lr, "state_channels", lambda m, s, p, t, n: (seen.append(p.clone()), real(m, s, p, t, n))[1])
+    seen = record_consensus(monkeypatch)
     model = make_model(MODEL, seed=0)
     ts.consensus = [np.full(img.shape, 0.25, np.float32) for img in ts.images]
     LabelAgentEpisodes(ts, num_envs=2, patch_shape=(16, 16, 16), max_steps=2).run(model, 0, seg_loss)
@@ -134,12 +142,9 @@ def test_agent_consensus_none_gives_the_agents_a_constant(folder, tmp_path, monk
     """``--set agent_consensus=none``: every consensus the label agents read, in their episodes and
     in the round's refinement, is 0.5; no cross-fit stage runs. It is validated against
     ``crossfit_frac`` and ``agent_target``."""
-    import agents.staged.label_refinement as lr
     from agents.staged.harness import make_train_config
 
-    seen = []
-    real = lr.state_channels
-    monkeypatch.setattr(lr, "state_channels", lambda m, s, p, t, n: (seen.append(p.clone()), real(m, s, p, t, n))[1])
+    seen = record_consensus(monkeypatch)
     out = tmp_path / "run"
     assert main(["pipeline", "--data", str(folder[0]), "--out", str(out), "--refit", "0.25",
                  "--set", "agent_consensus=none", *FAST]) == 0
